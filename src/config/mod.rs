@@ -1,0 +1,184 @@
+//! Configuration: a TOML file plus `XKS__SECTION__KEY` environment overrides, loaded with the
+//! `config` crate into raw serde structs ([`raw`]) and then turned into the validated
+//! [`Settings`] below ("parse, don't validate"). Every error names its field path, and all
+//! errors are reported at once before the proxy binds a socket.
+//!
+//! `config/xks-proxy.example.toml` documents every field.
+
+mod load;
+mod raw;
+mod types;
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use load::{ConfigError, ConfigErrors, load, load_from_str};
+pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
+
+use crate::xks::ExternalKeyId;
+
+/// The validated configuration of one proxy process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The XKS listener.
+    pub server: ServerSettings,
+    /// Request size limits.
+    pub limits: Limits,
+    /// The HSM.
+    pub hsm: HsmSettings,
+    /// GetHealthStatus answers.
+    pub health: HealthSettings,
+    /// One logical key store per path prefix (URI-3); never empty, prefixes unique.
+    pub key_stores: Vec<KeyStoreSettings>,
+    /// Logging.
+    pub logging: LoggingSettings,
+}
+
+/// The XKS listener.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to bind, e.g. `0.0.0.0:443`.
+    pub listen: SocketAddr,
+    /// TLS, or plain HTTP behind a TLS-terminating load balancer.
+    pub transport: Transport,
+    /// Most concurrent connections; further ones wait in the accept backlog.
+    pub max_connections: NonZeroUsize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time budget of one XKS request inside the proxy (KMS allows 250 ms end to end, TR-8).
+    pub request_timeout: Duration,
+}
+
+/// How the listener speaks.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS (TR-1).
+    Tls(TlsSettings),
+    /// Plain HTTP: only for a load balancer that terminates TLS in front of the proxy.
+    PlaintextBehindLoadBalancer,
+}
+
+/// Server certificate and optional client authentication.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM file with the leaf certificate followed by its intermediates (TR-7).
+    pub certificate_chain: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// mTLS (MT-1…7).
+    pub client_auth: ClientAuth,
+}
+
+/// Client certificate authentication.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// No client certificate is requested.
+    Disabled,
+    /// A client certificate is mandatory, must chain to `ca_bundle` and carry one of
+    /// `allowed_subject_names` as its subject CN or a SAN dNSName (MT-2, MT-3, MT-6).
+    Required {
+        /// PEM file with the trusted client CA certificates.
+        ca_bundle: PathBuf,
+        /// Accepted names, e.g. `cks.kms.eu-west-1.amazonaws.com` (MT-4); never empty.
+        allowed_subject_names: Vec<ClientSubjectName>,
+    },
+}
+
+/// Size limits, all at or above the spec minimums (E-1, E-4, TR-12). Requests above them get
+/// 501 `UnsupportedOperationException` (E-17).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body in bytes, enforced before buffering (≥ 64 KiB).
+    pub max_body_bytes: usize,
+    /// Largest plaintext/ciphertext in bytes (≥ 4300).
+    pub max_plaintext_bytes: usize,
+    /// Largest AAD in bytes (8192…65535).
+    pub max_aad_bytes: usize,
+}
+
+/// The PKCS#11 module and token.
+#[derive(Debug, Clone)]
+pub struct HsmSettings {
+    /// Path of the vendor's PKCS#11 library.
+    pub module: PathBuf,
+    /// Which token to use; never a slot index, which can change across reboots.
+    pub token: TokenSelector,
+    /// The CKU_USER PIN; from `user_pin_file` or the `XKS__HSM__USER_PIN` environment variable.
+    pub user_pin: SecretString,
+    /// Logged-in sessions, one per worker thread.
+    pub sessions: NonZeroUsize,
+    /// Requests that may wait for a free session before answering `ThrottlingException`.
+    pub queue_depth: usize,
+    /// Label of the dedicated health-check key (H-3); never served as a customer key.
+    pub health_key_label: ExternalKeyId,
+    /// Generate the health-check key at startup when the token lacks it.
+    pub create_health_key: bool,
+}
+
+/// Token selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// By `CKA_LABEL` of the token (padded to 32 chars by PKCS#11; compared trimmed).
+    Label(String),
+    /// By serial number (compared trimmed).
+    Serial(String),
+}
+
+/// Values reported by GetHealthStatus.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// `xksProxyFleetSize`: how many proxy replicas serve this endpoint (H-7).
+    pub proxy_fleet_size: u32,
+    /// How long a deep health check result may be reused (≤ 60 s, H-15).
+    pub cache_ttl: Duration,
+}
+
+/// One logical key store: a path prefix with its credentials and key set (URI-3).
+#[derive(Debug, Clone)]
+pub struct KeyStoreSettings {
+    /// Human-readable name for logs and metrics.
+    pub name: String,
+    /// Path prefix before `/kms/xks/v1`; may be empty.
+    pub prefix: UriPrefix,
+    /// SigV4 credentials accepted on this prefix only (AU-13); at least one, several during
+    /// rotation (ROT-1).
+    pub credentials: Vec<Credential>,
+    /// SigV4 regions accepted; `None` accepts any (AU-4).
+    pub allowed_regions: Option<Vec<String>>,
+    /// External key ids served on this prefix; `None` serves every key on the token except
+    /// the health-check key.
+    pub allowed_keys: Option<Vec<ExternalKeyId>>,
+    /// A disabled store answers every request with `InvalidStateException`.
+    pub enabled: bool,
+}
+
+/// A SigV4 credential (AU-14).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// 20–30 characters of `A-Z2-7`.
+    pub access_key_id: AccessKeyId,
+    /// The raw secret, used as UTF-8 bytes (AU-5).
+    pub secret: SecretString,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LoggingSettings {
+    /// A `tracing` filter directive, e.g. `info` or `xks_proxy=debug,info`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable text, for development.
+    Text,
+}

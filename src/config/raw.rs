@@ -1,0 +1,1 @@
+//! Raw serde structs (stub).

@@ -1,0 +1,17 @@
+//! xks-proxy: an AWS KMS External Key Store (XKS) proxy.
+//!
+//! A request flows socket → [`server`] (TCP, TLS via [`tls`]) → [`http`] (routing, body cap,
+//! the one error → response mapping) → [`auth`] (SigV4) → [`xks`] (wire types, AAD framing,
+//! CDIV) → [`hsm`] (the `KeyBackend` trait; PKCS#11 via cryptoki on dedicated threads).
+//! [`health`] answers GetHealthStatus; [`config`] turns TOML and environment into validated
+//! [`config::Settings`]; [`cli`] implements the `xks-proxy` subcommands.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod hsm;
+pub mod http;
+pub mod server;
+pub mod tls;
+pub mod xks;

@@ -1,0 +1,2 @@
+//! xks-proxy binary.
+fn main() {}

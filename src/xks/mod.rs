@@ -1,0 +1,10 @@
+//! XKS Proxy API domain: wire types, identifiers, AAD framing and CDIV, errors.
+//!
+//! Spec: XKS Proxy API v1.0.3, sections "GetKeyMetadata", "Encrypt", "Decrypt",
+//! "GetHealthStatus", "Error codes" and Appendix C.
+
+mod error;
+mod ids;
+
+pub use error::{ErrorName, XksError};
+pub use ids::{ExternalKeyId, KeyIdError, MAX_EXTERNAL_KEY_ID_LEN};
