@@ -7,6 +7,8 @@
 
 mod load;
 mod raw;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use load::{ConfigError, ConfigErrors, load, load_from_str};
+pub use load::{ConfigError, ConfigErrors, ENV_PREFIX, load, load_from_str};
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
 use crate::xks::ExternalKeyId;

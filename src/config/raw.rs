@@ -1,1 +1,196 @@
-//! Raw serde structs (stub).
+//! The configuration file as serde sees it, before validation. Field names here are the TOML
+//! keys documented in `config/xks-proxy.example.toml`; `deny_unknown_fields` everywhere so a
+//! typo is an error, not a silently ignored setting.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    pub(super) hsm: RawHsm,
+    #[serde(default)]
+    pub(super) health: RawHealth,
+    #[serde(default)]
+    pub(super) key_stores: Vec<RawKeyStore>,
+    #[serde(default)]
+    pub(super) logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: String,
+    pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) plaintext_behind_load_balancer: bool,
+    #[serde(default = "defaults::max_connections")]
+    pub(super) max_connections: usize,
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub(super) handshake_timeout_ms: u64,
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub(super) request_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificate_chain: PathBuf,
+    pub(super) private_key: PathBuf,
+    pub(super) client_auth: Option<RawClientAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAuth {
+    pub(super) ca_bundle: PathBuf,
+    pub(super) allowed_subject_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    #[serde(default = "defaults::max_body_bytes")]
+    pub(super) max_body_bytes: usize,
+    #[serde(default = "defaults::max_plaintext_bytes")]
+    pub(super) max_plaintext_bytes: usize,
+    #[serde(default = "defaults::max_aad_bytes")]
+    pub(super) max_aad_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: defaults::max_body_bytes(),
+            max_plaintext_bytes: defaults::max_plaintext_bytes(),
+            max_aad_bytes: defaults::max_aad_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHsm {
+    pub(super) module: PathBuf,
+    pub(super) token_label: Option<String>,
+    pub(super) token_serial: Option<String>,
+    pub(super) user_pin: Option<SecretString>,
+    pub(super) user_pin_file: Option<PathBuf>,
+    #[serde(default = "defaults::sessions")]
+    pub(super) sessions: usize,
+    #[serde(default = "defaults::queue_depth")]
+    pub(super) queue_depth: usize,
+    #[serde(default = "defaults::health_key_label")]
+    pub(super) health_key_label: String,
+    #[serde(default = "defaults::yes")]
+    pub(super) create_health_key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    #[serde(default = "defaults::proxy_fleet_size")]
+    pub(super) proxy_fleet_size: u32,
+    #[serde(default = "defaults::cache_ttl_seconds")]
+    pub(super) cache_ttl_seconds: u64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            proxy_fleet_size: defaults::proxy_fleet_size(),
+            cache_ttl_seconds: defaults::cache_ttl_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeyStore {
+    pub(super) name: Option<String>,
+    pub(super) path_prefix: String,
+    #[serde(default)]
+    pub(super) credentials: Vec<RawCredential>,
+    pub(super) allowed_regions: Option<Vec<String>>,
+    pub(super) allowed_keys: Option<Vec<String>>,
+    #[serde(default = "defaults::yes")]
+    pub(super) enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    pub(super) access_key_id: String,
+    pub(super) secret: Option<SecretString>,
+    pub(super) secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogging {
+    #[serde(default = "defaults::log_level")]
+    pub(super) level: String,
+    #[serde(default = "defaults::log_format")]
+    pub(super) format: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        Self {
+            level: defaults::log_level(),
+            format: defaults::log_format(),
+        }
+    }
+}
+
+/// Defaults, in one place so the example file and the code agree.
+pub(super) mod defaults {
+    pub(in crate::config) fn max_connections() -> usize {
+        4096
+    }
+    pub(in crate::config) fn handshake_timeout_ms() -> u64 {
+        5_000
+    }
+    /// Leaves KMS's 250 ms budget (TR-8) room for the network and the TLS handshake.
+    pub(in crate::config) fn request_timeout_ms() -> u64 {
+        200
+    }
+    pub(in crate::config) fn max_body_bytes() -> usize {
+        128 * 1024
+    }
+    pub(in crate::config) fn max_plaintext_bytes() -> usize {
+        32 * 1024
+    }
+    pub(in crate::config) fn max_aad_bytes() -> usize {
+        16 * 1024
+    }
+    pub(in crate::config) fn sessions() -> usize {
+        4
+    }
+    pub(in crate::config) fn queue_depth() -> usize {
+        256
+    }
+    pub(in crate::config) fn health_key_label() -> String {
+        "xks-proxy-health-check".into()
+    }
+    pub(in crate::config) fn yes() -> bool {
+        true
+    }
+    pub(in crate::config) fn proxy_fleet_size() -> u32 {
+        1
+    }
+    pub(in crate::config) fn cache_ttl_seconds() -> u64 {
+        30
+    }
+    pub(in crate::config) fn log_level() -> String {
+        "info".into()
+    }
+    pub(in crate::config) fn log_format() -> String {
+        "json".into()
+    }
+}

@@ -18,13 +18,17 @@ impl UriPrefix {
             return Ok(Self(String::new()));
         }
         if raw.len() > MAX_PREFIX_LEN {
-            return Err(format!("must be at most {MAX_PREFIX_LEN} characters (URI-2)"));
+            return Err(format!(
+                "must be at most {MAX_PREFIX_LEN} characters (URI-2)"
+            ));
         }
         let Some(rest) = raw.strip_prefix('/') else {
             return Err("must start with '/' (or be empty)".into());
         };
         let segment_ok = |s: &str| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if !rest.split('/').all(segment_ok) {
             return Err(
@@ -68,7 +72,9 @@ pub struct AccessKeyId(String);
 impl AccessKeyId {
     /// Validates an access key id.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let charset_ok = raw.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b));
+        let charset_ok = raw
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b));
         if !(20..=30).contains(&raw.len()) || !charset_ok {
             return Err("must be 20-30 characters of A-Z and 2-7 (AU-14)".into());
         }
@@ -104,7 +110,9 @@ impl ClientSubjectName {
         let lower = raw.to_ascii_lowercase();
         let ok = !lower.is_empty()
             && lower.len() <= 253
-            && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
             && !lower.starts_with('.')
             && !lower.ends_with('.');
         if !ok {
@@ -142,11 +150,28 @@ mod tests {
 
     #[test]
     fn uri_2_prefixes() {
-        for ok in ["", "/a", "/keystores/4a0d79d6-1d1b-49fd-9dbe-799cb9c0fb3f", "/a_b/C-9"] {
-            assert_eq!(UriPrefix::parse(ok).map(|p| p.to_string()), Ok(ok.to_owned()));
+        for ok in [
+            "",
+            "/a",
+            "/keystores/4a0d79d6-1d1b-49fd-9dbe-799cb9c0fb3f",
+            "/a_b/C-9",
+        ] {
+            assert_eq!(
+                UriPrefix::parse(ok).map(|p| p.to_string()),
+                Ok(ok.to_owned())
+            );
         }
         let long = format!("/{}", "a".repeat(MAX_PREFIX_LEN));
-        for bad in ["a", "/", "/a/", "//a", "/a b", "/a.b", "/x/kms/xks/v1", long.as_str()] {
+        for bad in [
+            "a",
+            "/",
+            "/a/",
+            "//a",
+            "/a b",
+            "/a.b",
+            "/x/kms/xks/v1",
+            long.as_str(),
+        ] {
             assert!(UriPrefix::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(
@@ -159,7 +184,12 @@ mod tests {
     fn au_14_access_key_ids() {
         assert!(AccessKeyId::parse("AKIAI2SFODNN7EXAMPLE").is_ok());
         assert!(AccessKeyId::parse(&"A".repeat(30)).is_ok());
-        for bad in ["AKIAI2SFODNN7EXAMPL", "akiai2sfodnn7example", "AKIAI2SFODNN7EXAMPLE1", ""] {
+        for bad in [
+            "AKIAI2SFODNN7EXAMPL",
+            "akiai2sfodnn7example",
+            "AKIAI2SFODNN7EXAMPLE1",
+            "",
+        ] {
             assert!(AccessKeyId::parse(bad).is_err(), "{bad}");
         }
         assert!(AccessKeyId::parse(&"A".repeat(31)).is_err());

@@ -123,20 +123,36 @@ mod tests {
         };
         let cases = [
             (HsmError::KeyNotFound, ErrorName::KeyNotFoundException),
-            (HsmError::AmbiguousKey { count: 2 }, ErrorName::KeyNotFoundException),
             (
-                HsmError::UnsupportedKey { found: "AES_128".into() },
+                HsmError::AmbiguousKey { count: 2 },
+                ErrorName::KeyNotFoundException,
+            ),
+            (
+                HsmError::UnsupportedKey {
+                    found: "AES_128".into(),
+                },
                 ErrorName::InvalidKeyUsageException,
             ),
             (
-                HsmError::KeyUsageNotPermitted { operation: "decrypt" },
+                HsmError::KeyUsageNotPermitted {
+                    operation: "decrypt",
+                },
                 ErrorName::InvalidKeyUsageException,
             ),
-            (HsmError::InvalidCiphertext, ErrorName::InvalidCiphertextException),
-            (HsmError::InputTooLarge, ErrorName::UnsupportedOperationException),
+            (
+                HsmError::InvalidCiphertext,
+                ErrorName::InvalidCiphertextException,
+            ),
+            (
+                HsmError::InputTooLarge,
+                ErrorName::UnsupportedOperationException,
+            ),
             (HsmError::Busy, ErrorName::ThrottlingException),
             (HsmError::Timeout, ErrorName::DependencyTimeoutException),
-            (HsmError::Unavailable("x".into()), ErrorName::InternalException),
+            (
+                HsmError::Unavailable("x".into()),
+                ErrorName::InternalException,
+            ),
             (HsmError::Pkcs11(failure), ErrorName::InternalException),
         ];
         for (err, name) in cases {

@@ -31,7 +31,8 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HsmError>>
 /// session or the device once it has passed and answers [`HsmError::Timeout`].
 pub trait KeyBackend: Send + Sync + 'static {
     /// Reads the key's real attributes (GetKeyMetadata, K-1…10).
-    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> BackendFuture<'_, KeyMetadata>;
+    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant)
+    -> BackendFuture<'_, KeyMetadata>;
 
     /// AES-256-GCM encryption under a fresh random 12-byte IV chosen by the backend (E-11);
     /// callers cannot supply an IV, so IV reuse is impossible by construction.

@@ -74,16 +74,26 @@ mod tests {
     #[test]
     fn uri_7_accepts_the_spec_charset() {
         for ok in ["a", "Key-1.v2_x", &"k".repeat(128)] {
-            assert_eq!(ExternalKeyId::parse(ok).map(|k| k.to_string()), Ok(ok.to_owned()));
+            assert_eq!(
+                ExternalKeyId::parse(ok).map(|k| k.to_string()),
+                Ok(ok.to_owned())
+            );
         }
     }
 
     #[test]
     fn uri_11_rejects_everything_else() {
         assert_eq!(ExternalKeyId::parse(""), Err(KeyIdError::Empty));
-        assert_eq!(ExternalKeyId::parse(&"k".repeat(129)), Err(KeyIdError::TooLong));
+        assert_eq!(
+            ExternalKeyId::parse(&"k".repeat(129)),
+            Err(KeyIdError::TooLong)
+        );
         for bad in ["a/b", "a b", "a%2F", "ä", "a+b", "a:b"] {
-            assert_eq!(ExternalKeyId::parse(bad), Err(KeyIdError::BadCharacter), "{bad}");
+            assert_eq!(
+                ExternalKeyId::parse(bad),
+                Err(KeyIdError::BadCharacter),
+                "{bad}"
+            );
         }
     }
 }
