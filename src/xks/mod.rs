@@ -4,7 +4,9 @@
 //! "GetHealthStatus", "Error codes" and Appendix C.
 
 mod error;
+pub mod framing;
 mod ids;
+pub mod wire;
 
 pub use error::{ErrorName, XksError};
 pub use ids::{ExternalKeyId, KeyIdError, MAX_EXTERNAL_KEY_ID_LEN};
