@@ -337,13 +337,13 @@ fn validate_key_stores(
     for (i, store) in raw.into_iter().enumerate() {
         let at = |field: &str| format!("key_stores[{i}].{field}");
         let prefix = errors.check(&at("path_prefix"), UriPrefix::parse(&store.path_prefix));
-        if let Some(p) = &prefix {
-            if !prefixes.insert(p.clone()) {
-                errors.push(
-                    at("path_prefix"),
-                    format!("prefix {:?} is used by two key stores", p.as_str()),
-                );
-            }
+        if let Some(p) = &prefix
+            && !prefixes.insert(p.clone())
+        {
+            errors.push(
+                at("path_prefix"),
+                format!("prefix {:?} is used by two key stores", p.as_str()),
+            );
         }
         if store.credentials.is_empty() {
             errors.push(at("credentials"), "needs at least one credential");
@@ -362,7 +362,7 @@ fn validate_key_stores(
                 )
             })
             .collect();
-        let allowed_regions = store.allowed_regions.map(|regions| {
+        let allowed_regions = store.allowed_regions.inspect(|regions| {
             for (j, r) in regions.iter().enumerate() {
                 let ok = !r.is_empty()
                     && r.bytes()
@@ -374,7 +374,6 @@ fn validate_key_stores(
                     );
                 }
             }
-            regions
         });
         let allowed_keys = store.allowed_keys.map(|keys| {
             keys.iter()
@@ -419,17 +418,17 @@ fn validate_credential(
         &format!("{at}.access_key_id"),
         AccessKeyId::parse(&raw.access_key_id),
     );
-    if let Some(id) = &id {
-        if let Some(other) = seen.insert(id.clone(), store) {
-            let msg = if other == store {
-                "appears twice in this key store".to_owned()
-            } else {
-                format!(
-                    "is also used by key_stores[{other}]; an access key id must identify one secret (AU-13)"
-                )
-            };
-            errors.push(format!("{at}.access_key_id"), msg);
-        }
+    if let Some(id) = &id
+        && let Some(other) = seen.insert(id.clone(), store)
+    {
+        let msg = if other == store {
+            "appears twice in this key store".to_owned()
+        } else {
+            format!(
+                "is also used by key_stores[{other}]; an access key id must identify one secret (AU-13)"
+            )
+        };
+        errors.push(format!("{at}.access_key_id"), msg);
     }
     let secret = secret(&format!("{at}.secret"), raw.secret, raw.secret_file, errors)?;
     let s = secret.expose_secret();

@@ -1,1 +1,123 @@
-//! HTTP layer (stub).
+//! The HTTP layer: routing, body cap, SigV4, dispatch to the operations, one error mapping.
+//!
+//! Evaluation order (checklist §3.4): path and method (404 / 405, before authentication) →
+//! body, capped before buffering (501) → SigV4 (401) → key store state (400) → JSON (400) →
+//! key allowlist (404) → sizes (501) → HSM. `GET /ping` answers 200 unauthenticated for load
+//! balancers (LB-1).
+
+mod error;
+mod handlers;
+mod routing;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use error::{ApiError, json_response};
+pub use routing::{Operation, RouteTable};
+
+use crate::auth::CredentialStore;
+use crate::config::{KeyStoreSettings, Limits, Settings};
+use crate::health::HealthService;
+use crate::hsm::KeyBackend;
+use crate::xks::ExternalKeyId;
+
+/// Everything a request needs; shared by all connections.
+pub struct AppState {
+    api: ArcSwap<ApiConfig>,
+    backend: Arc<dyn KeyBackend>,
+    health: HealthService,
+}
+
+/// The part of the configuration requests read, swappable as a whole on reload.
+pub struct ApiConfig {
+    stores: Vec<KeyStore>,
+    routes: RouteTable,
+    limits: Limits,
+    request_timeout: Duration,
+    health_key: ExternalKeyId,
+}
+
+/// A logical key store at runtime (URI-3).
+pub struct KeyStore {
+    settings: KeyStoreSettings,
+    credentials: CredentialStore,
+    allowed_keys: Option<HashSet<ExternalKeyId>>,
+}
+
+impl KeyStore {
+    fn new(settings: KeyStoreSettings) -> Self {
+        let credentials =
+            CredentialStore::new(&settings.credentials, settings.allowed_regions.as_deref());
+        let allowed_keys = settings
+            .allowed_keys
+            .as_ref()
+            .map(|k| k.iter().cloned().collect());
+        Self {
+            settings,
+            credentials,
+            allowed_keys,
+        }
+    }
+
+    /// Whether this store serves `key`: on its allowlist, if any, and never the health key.
+    fn serves(&self, key: &ExternalKeyId, health_key: &ExternalKeyId) -> bool {
+        key != health_key
+            && self
+                .allowed_keys
+                .as_ref()
+                .is_none_or(|set| set.contains(key))
+    }
+}
+
+impl ApiConfig {
+    /// Builds the request-facing configuration from validated settings.
+    pub fn new(settings: &Settings) -> Self {
+        let routes = RouteTable::new(settings.key_stores.iter().map(|s| s.prefix.as_str()));
+        Self {
+            stores: settings
+                .key_stores
+                .iter()
+                .cloned()
+                .map(KeyStore::new)
+                .collect(),
+            routes,
+            limits: settings.limits,
+            request_timeout: settings.server.request_timeout,
+            health_key: settings.hsm.health_key_label.clone(),
+        }
+    }
+}
+
+impl AppState {
+    /// Creates the state from settings and a key backend.
+    pub fn new(settings: &Settings, backend: Arc<dyn KeyBackend>) -> Self {
+        Self {
+            api: ArcSwap::from_pointee(ApiConfig::new(settings)),
+            health: HealthService::new(Arc::clone(&backend), &settings.health),
+            backend,
+        }
+    }
+
+    /// Atomically replaces the request-facing configuration (credential rotation, ROT-2).
+    pub fn replace_api_config(&self, config: ApiConfig) {
+        self.api.store(Arc::new(config));
+    }
+}
+
+/// The application: `/ping` plus the XKS API behind one fallback that does its own routing.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/ping",
+            get(handlers::ping).fallback(handlers::ping_method_not_allowed),
+        )
+        .fallback(handlers::xks)
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .with_state(state)
+}

@@ -1,0 +1,369 @@
+//! Request handling for the four XKS APIs, in the order of checklist §3.4.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header, request::Parts};
+use http_body_util::{BodyExt, Limited};
+use zeroize::Zeroizing;
+
+use super::error::{ApiError, json_response};
+use super::routing::Operation;
+use super::{ApiConfig, AppState, KeyStore};
+use crate::hsm::{self, GCM_TAG_LEN, HsmError};
+use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
+use crate::xks::wire::{
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, HealthRequest,
+    KeyMetadataRequest, KeyMetadataResponse, RequestMetadata, b64,
+};
+use crate::xks::{ErrorName, ExternalKeyId, XksError};
+
+/// `GET /ping`: liveness for load balancers, unauthenticated, no version disclosed (LB-1).
+pub(super) async fn ping() -> &'static str {
+    "pong"
+}
+
+/// Any other method on `/ping`.
+pub(super) async fn ping_method_not_allowed() -> Response {
+    let mut resp = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        XksError::validation("/ping accepts only GET").to_json(),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static("GET"));
+    resp
+}
+
+/// Everything except `/ping`: the XKS API.
+pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let api = state.api.load_full();
+    let deadline = started + api.request_timeout;
+    let (parts, body) = request.into_parts();
+
+    let mut log = RequestLog::default();
+    let result = handle(&state, &api, &parts, body, deadline, &mut log).await;
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(err) => err.status(),
+    };
+    log.emit(status, result.as_ref().err(), started);
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What the per-request log line says; never plaintext, AAD, secrets or signatures.
+#[derive(Default)]
+struct RequestLog {
+    store: Option<String>,
+    operation: Option<&'static str>,
+    key: Option<String>,
+    metadata: Option<RequestMetadata>,
+}
+
+impl RequestLog {
+    fn emit(&self, status: StatusCode, error: Option<&ApiError>, started: Instant) {
+        let meta = self.metadata.as_ref();
+        let error_name = error.map(|e| e.name().as_str());
+        let error_message = match error {
+            Some(ApiError::Xks(e)) => Some(e.message()),
+            _ => None,
+        };
+        tracing::info!(
+            target: "xks_proxy::request",
+            status = status.as_u16(),
+            operation = self.operation,
+            key_store = self.store.as_deref(),
+            external_key_id = self.key.as_deref(),
+            kms_request_id = meta.map(|m| m.kms_request_id.as_str()),
+            kms_operation = meta.map(|m| m.kms_operation.as_str()),
+            aws_principal_arn = meta.and_then(|m| m.aws_principal_arn.as_deref()),
+            kms_key_arn = meta.and_then(|m| m.kms_key_arn.as_deref()),
+            kms_via_service = meta.and_then(|m| m.kms_via_service.as_deref()),
+            aws_source_vpc = meta.and_then(|m| m.aws_source_vpc.as_deref()),
+            aws_source_vpce = meta.and_then(|m| m.aws_source_vpce.as_deref()),
+            error_name,
+            error_message,
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "xks request"
+        );
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    api: &ApiConfig,
+    parts: &Parts,
+    body: Body,
+    deadline: Instant,
+    log: &mut RequestLog,
+) -> Result<Response, ApiError> {
+    let (store_index, operation) = api.routes.resolve(parts.uri.path(), parts.uri.query())?;
+    log.operation = Some(operation.name());
+    log.key = operation.key().map(|k| k.to_string());
+    if parts.method != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let store = api
+        .stores
+        .get(store_index)
+        .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
+    log.store = Some(store.settings.name.clone());
+
+    let body = read_body(parts, body, api.limits.max_body_bytes).await?;
+    let caller = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now());
+    if let Err(err) = &caller {
+        tracing::debug!(reason = err.reason(), "authentication failed");
+    }
+    caller?;
+    if !store.settings.enabled {
+        return Err(XksError::new(
+            ErrorName::InvalidStateException,
+            "this key store is disabled",
+        )
+        .into());
+    }
+    require_json_content_type(parts)?;
+
+    match operation {
+        Operation::Health => {
+            let req = HealthRequest::parse(&body)?;
+            log.metadata = Some(req.metadata);
+            let resp = state.health.status(deadline).await?;
+            Ok(ok_json(&resp))
+        }
+        Operation::KeyMetadata(key) => {
+            let req = KeyMetadataRequest::parse(&body)?;
+            log.metadata = Some(req.metadata);
+            served_key(store, api, &key)?;
+            key_metadata(state, key, deadline).await
+        }
+        Operation::Encrypt(key) => {
+            let req = EncryptRequest::parse(&body)?;
+            log.metadata = Some(req.metadata.clone());
+            served_key(store, api, &key)?;
+            encrypt(state, api, key, req, deadline).await
+        }
+        Operation::Decrypt(key) => {
+            let req = DecryptRequest::parse(&body)?;
+            log.metadata = Some(req.metadata.clone());
+            served_key(store, api, &key)?;
+            decrypt(state, api, key, req, deadline).await
+        }
+    }
+}
+
+/// Reads the body with the cap enforced before buffering (TR-12, E-17).
+async fn read_body(parts: &Parts, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || XksError::unsupported(format!("the request body exceeds {max} bytes"));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large().into());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large().into()),
+        Err(_) => Err(XksError::validation("the request body could not be read").into()),
+    }
+}
+
+/// MTH-4: KMS always sends `application/json`; parameters such as charset are allowed.
+fn require_json_content_type(parts: &Parts) -> Result<(), XksError> {
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(XksError::validation(
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+fn served_key(store: &KeyStore, api: &ApiConfig, key: &ExternalKeyId) -> Result<(), XksError> {
+    if store.serves(key, &api.health_key) {
+        Ok(())
+    } else {
+        Err(XksError::new(
+            ErrorName::KeyNotFoundException,
+            "no key with this id in this key store",
+        ))
+    }
+}
+
+fn ok_json<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(_) => {
+            ApiError::Xks(XksError::internal("response serialization failed")).into_response()
+        }
+    }
+}
+
+async fn key_metadata(
+    state: &AppState,
+    key: ExternalKeyId,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
+    let meta = state.backend.key_metadata(key, deadline).await?;
+    Ok(ok_json(&KeyMetadataResponse {
+        key_spec: meta.spec.as_str().to_owned(),
+        // K-5: at most 10 values; PKCS#11 yields at most 7.
+        key_usage: meta
+            .usages
+            .iter()
+            .take(10)
+            .map(|u| u.as_str().to_owned())
+            .collect(),
+        key_status: meta.status.as_str().to_owned(),
+    }))
+}
+
+fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), XksError> {
+    let limits = &api.limits;
+    if data_len > limits.max_plaintext_bytes {
+        return Err(XksError::unsupported(format!(
+            "data longer than {} bytes is not supported",
+            limits.max_plaintext_bytes
+        )));
+    }
+    if aad_len > limits.max_aad_bytes {
+        return Err(XksError::unsupported(format!(
+            "additionalAuthenticatedData longer than {} bytes is not supported",
+            limits.max_aad_bytes
+        )));
+    }
+    Ok(())
+}
+
+async fn encrypt(
+    state: &AppState,
+    api: &ApiConfig,
+    key: ExternalKeyId,
+    req: EncryptRequest,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
+    // E-18: KMS never encrypts an empty plaintext; refusing it keeps GCM inputs non-trivial.
+    if req.plaintext.is_empty() {
+        return Err(XksError::validation("plaintext must not be empty").into());
+    }
+    check_sizes(api, req.plaintext.len(), req.aad.len())?;
+    // No ciphertextMetadata is emitted: the AAD carries a zero metadata length (AAD-2).
+    let ekm_aad =
+        framing::ekm_aad(&req.aad, &[]).map_err(|e| XksError::unsupported(e.to_string()))?;
+    let plaintext = req.plaintext;
+    let sealed = state
+        .backend
+        .encrypt(
+            key.clone(),
+            hsm::EncryptRequest {
+                plaintext: plaintext.clone(),
+                aad: ekm_aad.clone(),
+            },
+            deadline,
+        )
+        .await?;
+    let cdiv = if req.want_cdiv {
+        // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
+        let cdiv = framing::cdiv_sha256(&req.aad, &[], &sealed.iv, &sealed.ciphertext, &sealed.tag);
+        verify_decryptable(state, key, &sealed, ekm_aad, &plaintext, deadline).await?;
+        Some(b64(&cdiv))
+    } else {
+        None
+    };
+    Ok(ok_json(&EncryptResponse {
+        ciphertext: b64(&sealed.ciphertext),
+        ciphertext_metadata: None,
+        initialization_vector: b64(&sealed.iv),
+        authentication_tag: b64(&sealed.tag),
+        ciphertext_data_integrity_value: cdiv,
+    }))
+}
+
+/// The verification decrypt of CDIV-6 through the same path as XKS Decrypt.
+async fn verify_decryptable(
+    state: &AppState,
+    key: ExternalKeyId,
+    sealed: &hsm::GcmCiphertext,
+    ekm_aad: Vec<u8>,
+    plaintext: &[u8],
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    let request = hsm::DecryptRequest {
+        ciphertext: sealed.ciphertext.clone(),
+        iv: sealed.iv.to_vec(),
+        tag: sealed.tag,
+        aad: ekm_aad,
+    };
+    match state.backend.decrypt(key, request, deadline).await {
+        Ok(roundtrip) if roundtrip.as_slice() == plaintext => Ok(()),
+        Ok(_) => Err(XksError::internal("the verification decrypt returned different data").into()),
+        // CDIV-8: an encrypt-only key cannot pass the verification decrypt.
+        Err(err @ (HsmError::KeyUsageNotPermitted { .. } | HsmError::Timeout | HsmError::Busy)) => {
+            Err(err.into())
+        }
+        // CDIV-9: any other failure means the ciphertext cannot be trusted.
+        Err(err) => {
+            tracing::error!(error = %err, "CDIV verification decrypt failed");
+            Err(XksError::internal("the new ciphertext failed its verification decrypt").into())
+        }
+    }
+}
+
+async fn decrypt(
+    state: &AppState,
+    api: &ApiConfig,
+    key: ExternalKeyId,
+    req: DecryptRequest,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
+    // D-6, D-7: malformed IV or tag make the ciphertext invalid; checked before the HSM.
+    if !matches!(req.iv.len(), 12 | 16) {
+        return Err(XksError::new(
+            ErrorName::InvalidCiphertextException,
+            "initializationVector must be 12 or 16 bytes",
+        )
+        .into());
+    }
+    let tag: [u8; GCM_TAG_LEN] = req.tag.as_slice().try_into().map_err(|_| {
+        XksError::new(
+            ErrorName::InvalidCiphertextException,
+            "authenticationTag must be 16 bytes",
+        )
+    })?;
+    if req.ciphertext_metadata.len() > MAX_CIPHERTEXT_METADATA_LEN {
+        return Err(XksError::validation("ciphertextMetadata must be at most 20 bytes").into());
+    }
+    if req.ciphertext.is_empty() {
+        return Err(XksError::validation("ciphertext must not be empty").into());
+    }
+    check_sizes(api, req.ciphertext.len(), req.aad.len())?;
+    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)
+        .map_err(|e| XksError::unsupported(e.to_string()))?;
+    let plaintext = state
+        .backend
+        .decrypt(
+            key,
+            hsm::DecryptRequest {
+                ciphertext: req.ciphertext,
+                iv: req.iv,
+                tag,
+                aad: ekm_aad,
+            },
+            deadline,
+        )
+        .await?;
+    Ok(ok_json(&DecryptResponse {
+        plaintext: Zeroizing::new(b64(&plaintext)),
+    }))
+}
