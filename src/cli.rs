@@ -1,1 +1,252 @@
-//! CLI (stub).
+//! The `xks-proxy` command line: `serve`, `keys create|list`, `credentials new`,
+//! `check-config`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, AccessKeyId, LogFormat, Settings, Transport, UriPrefix};
+use crate::hsm::KeyUsage;
+use crate::hsm::pkcs11::Pkcs11Backend;
+use crate::xks::ExternalKeyId;
+
+mod serve;
+
+/// AWS KMS External Key Store proxy: SigV4 + TLS in front, PKCS#11 behind.
+#[derive(Debug, Parser)]
+#[command(name = "xks-proxy", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ConfigArg),
+    /// Manage AES-256 keys on the configured token.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage SigV4 credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Validate a configuration file and report every error with its field path.
+    CheckConfig(ConfigArg),
+}
+
+/// `--config FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML); `XKS__SECTION__KEY` environment variables override it.
+    #[arg(long, short, env = "XKS_CONFIG", default_value = "/etc/xks-proxy/xks-proxy.toml")]
+    pub config: PathBuf,
+}
+
+/// `keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an AES-256 token key: sensitive, non-extractable, with exactly the given usages.
+    Create {
+        /// Configuration file whose [hsm] section names the module, token and PIN.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The key's label, used by KMS as `XksKeyId` (A-Z a-z 0-9 - . _, ≤ 128).
+        #[arg(long)]
+        label: String,
+        /// Comma-separated usages; empty for none.
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "encrypt,decrypt")]
+        usage: Vec<UsageArg>,
+    },
+    /// List the secret keys on the token: label, type, size, usages.
+    List {
+        /// Configuration file whose [hsm] section names the module, token and PIN.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// A key usage on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageArg {
+    /// CKA_ENCRYPT.
+    Encrypt,
+    /// CKA_DECRYPT.
+    Decrypt,
+    /// CKA_WRAP.
+    Wrap,
+    /// CKA_UNWRAP.
+    Unwrap,
+    /// CKA_SIGN.
+    Sign,
+    /// CKA_VERIFY.
+    Verify,
+    /// CKA_DERIVE.
+    Derive,
+}
+
+impl From<UsageArg> for KeyUsage {
+    fn from(u: UsageArg) -> Self {
+        match u {
+            UsageArg::Encrypt => Self::Encrypt,
+            UsageArg::Decrypt => Self::Decrypt,
+            UsageArg::Wrap => Self::Wrap,
+            UsageArg::Unwrap => Self::Unwrap,
+            UsageArg::Sign => Self::Sign,
+            UsageArg::Verify => Self::Verify,
+            UsageArg::Derive => Self::Derive,
+        }
+    }
+}
+
+/// `credentials …`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Generate an access key id and secret for a key store (CFG-1).
+    New {
+        /// The key store's path prefix, e.g. /tenant-a (may be empty).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "both")]
+        output: CredentialOutput,
+    },
+}
+
+/// Output of `credentials new`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialOutput {
+    /// The config snippet and the KMS console JSON.
+    Both,
+    /// Only the `[[key_stores.credentials]]` TOML snippet.
+    Toml,
+    /// Only the KMS console JSON file.
+    ConsoleJson,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(&args.config),
+        Command::CheckConfig(args) => check_config(&args.config),
+        Command::Keys(KeysCommand::Create { config, label, usage }) => {
+            create_key(&config.config, &label, &usage)
+        }
+        Command::Keys(KeysCommand::List { config }) => list_keys(&config.config),
+        Command::Credentials(CredentialsCommand::New { prefix, output }) => {
+            new_credentials(&prefix, output)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xks-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and validates a configuration, rendering every error on failure.
+pub(crate) fn load_settings(path: &Path) -> Result<Settings, String> {
+    config::load(path).map_err(|errors| format!("{}: {errors}", path.display()))
+}
+
+fn check_config(path: &Path) -> Result<(), String> {
+    let settings = load_settings(path)?;
+    if let Transport::Tls(tls) = &settings.server.transport {
+        crate::tls::server_config(tls).map_err(|e| format!("server.tls: {e}"))?;
+    }
+    println!("{}: OK", path.display());
+    println!("  listen: {}", settings.server.listen);
+    for store in &settings.key_stores {
+        println!(
+            "  key store {:?}: XksProxyUriPath {} ({} credential(s))",
+            store.name,
+            store.prefix.uri_path(),
+            store.credentials.len()
+        );
+    }
+    Ok(())
+}
+
+fn open_backend(path: &Path) -> Result<Arc<Pkcs11Backend>, String> {
+    let settings = load_settings(path)?;
+    init_cli_logging();
+    Pkcs11Backend::open(&settings.hsm)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open the HSM: {e}"))
+}
+
+fn create_key(path: &Path, label: &str, usage: &[UsageArg]) -> Result<(), String> {
+    let label = ExternalKeyId::parse(label).map_err(|e| format!("--label: {e}"))?;
+    let mut usages: Vec<KeyUsage> = usage.iter().copied().map(KeyUsage::from).collect();
+    usages.sort();
+    usages.dedup();
+    let backend = open_backend(path)?;
+    backend.create_key(&label, &usages).map_err(|e| format!("cannot create key {label}: {e}"))?;
+    let names: Vec<_> = usages.iter().map(|u| u.as_str()).collect();
+    println!("created AES-256 key {label} with usages [{}]", names.join(","));
+    Ok(())
+}
+
+fn list_keys(path: &Path) -> Result<(), String> {
+    let backend = open_backend(path)?;
+    let keys = backend.list_keys().map_err(|e| format!("cannot list keys: {e}"))?;
+    println!("{:<40} {:<10} {:<6} USAGES", "LABEL", "TYPE", "BITS");
+    for key in keys {
+        println!("{key}");
+    }
+    Ok(())
+}
+
+/// The 32 characters KMS allows in an access key id (AU-14).
+const ACCESS_KEY_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+fn new_credentials(prefix: &str, output: CredentialOutput) -> Result<(), String> {
+    let prefix = UriPrefix::parse(prefix).map_err(|e| format!("--prefix: {e}"))?;
+    let mut random = [0u8; 20 + 32];
+    getrandom::fill(&mut random).map_err(|e| format!("no randomness: {e}"))?;
+    // 20 characters × 5 bits: the alphabet has exactly 32 symbols, so `% 32` is unbiased.
+    let id: String =
+        random[..20].iter().map(|b| char::from(ACCESS_KEY_ALPHABET[usize::from(b % 32)])).collect();
+    let id = AccessKeyId::parse(&id).map_err(|e| format!("generated id invalid: {e}"))?;
+    // 256 bits of entropy, 44 Base64 characters (AU-14).
+    let secret = crate::xks::wire::b64(&random[20..]);
+    zeroize::Zeroize::zeroize(&mut random);
+    let console = serde_json::json!({
+        "XksProxyUriPath": prefix.uri_path(),
+        "XksProxyAuthenticationCredential": { "AccessKeyId": id.as_str(), "RawSecretAccessKey": secret },
+    });
+    let toml = format!("[[key_stores.credentials]]\naccess_key_id = \"{id}\"\nsecret = \"{secret}\"");
+    match output {
+        CredentialOutput::Toml => println!("{toml}"),
+        CredentialOutput::ConsoleJson => println!("{console}"),
+        CredentialOutput::Both => {
+            println!("# Add to the [[key_stores]] entry with path_prefix = \"{prefix}\":");
+            println!("{toml}\n");
+            println!("# KMS console proxy configuration file (keep it secret):");
+            println!("{console}");
+        }
+    }
+    Ok(())
+}
+
+/// Logging for one-shot commands: warnings only, to stderr.
+fn init_cli_logging() {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").try_init();
+}
+
+/// Installs the global tracing subscriber for `serve`.
+pub(crate) fn init_logging(settings: &Settings) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
+        .map_err(|e| format!("logging.level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let result = match settings.logging.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))
+}
