@@ -6,6 +6,8 @@
 //! [`health`] answers GetHealthStatus; [`config`] turns TOML and environment into validated
 //! [`config::Settings`]; [`cli`] implements the `xks-proxy` subcommands.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod cli;
 pub mod config;

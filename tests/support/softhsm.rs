@@ -1,0 +1,105 @@
+//! A real SoftHSM2 token in a temporary directory, one per test process.
+//!
+//! PKCS#11 modules are initialised once per process, so the token and the backend are
+//! process-wide; tests stay independent by using their own key labels ([`unique_label`]).
+//! Under nextest every test is its own process and gets a fresh token.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use xks_proxy::config::{HsmSettings, TokenSelector};
+use xks_proxy::hsm::KeyUsage;
+use xks_proxy::hsm::pkcs11::Pkcs11Backend;
+use xks_proxy::xks::ExternalKeyId;
+
+pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const TOKEN_LABEL: &str = "xks-test";
+pub const USER_PIN: &str = "87654321";
+pub const SO_PIN: &str = "12345678";
+pub const HEALTH_KEY: &str = "xks-proxy-health-check";
+
+/// The process-wide token.
+pub struct Token {
+    /// Keeps the directory alive for the whole process.
+    _dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub backend: Arc<Pkcs11Backend>,
+}
+
+static TOKEN: OnceLock<Token> = OnceLock::new();
+
+/// The token, created on first use.
+pub fn token() -> &'static Token {
+    TOKEN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = write_conf(dir.path());
+        // Set before the first PKCS#11 call in this process; nothing else reads it concurrently
+        // because the OnceLock serialises initialisation.
+        set_softhsm_conf(&conf);
+        init_token(&conf, TOKEN_LABEL);
+        let backend = Arc::new(Pkcs11Backend::open(&hsm_settings(4, 64)).unwrap());
+        Token { _dir: dir, conf, backend }
+    })
+}
+
+/// HSM settings pointing at the test token.
+pub fn hsm_settings(sessions: usize, queue_depth: usize) -> HsmSettings {
+    HsmSettings {
+        module: MODULE.into(),
+        token: TokenSelector::Label(TOKEN_LABEL.into()),
+        user_pin: USER_PIN.to_owned().into(),
+        sessions: std::num::NonZeroUsize::new(sessions).unwrap(),
+        queue_depth,
+        health_key_label: ExternalKeyId::parse(HEALTH_KEY).unwrap(),
+        create_health_key: true,
+    }
+}
+
+/// A label no other test in this process uses.
+pub fn unique_label(stem: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{stem}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Creates an AES-256 key with exactly `usages` and returns its label.
+pub fn create_key(stem: &str, usages: &[KeyUsage]) -> String {
+    let label = unique_label(stem);
+    token().backend.create_key(&ExternalKeyId::parse(&label).unwrap(), usages).unwrap();
+    label
+}
+
+fn write_conf(dir: &Path) -> PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn init_token(conf: &Path, label: &str) {
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", conf)
+        .args(["--init-token", "--free", "--label", label, "--pin", USER_PIN, "--so-pin", SO_PIN])
+        .output()
+        .expect("softhsm2-util must be installed (apt-get install softhsm2)");
+    assert!(out.status.success(), "softhsm2-util failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[allow(unsafe_code)]
+fn set_softhsm_conf(conf: &Path) {
+    // SAFETY: runs once, inside the OnceLock initialiser, before any PKCS#11 call of this
+    // process; the tests that race with it only read unrelated variables through std, which
+    // holds the environment lock for both reads and writes.
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", conf);
+    }
+}
