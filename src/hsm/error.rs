@@ -82,6 +82,9 @@ pub enum HsmError {
     /// Any other PKCS#11 failure.
     #[error("{0}")]
     Pkcs11(Pkcs11Failure),
+    /// Key creation refused: an object with this label already exists (admin CLI only).
+    #[error("a key with this id already exists in the HSM")]
+    KeyAlreadyExists,
 }
 
 impl From<HsmError> for XksError {
@@ -97,11 +100,13 @@ impl From<HsmError> for XksError {
             HsmError::InputTooLarge => ErrorName::UnsupportedOperationException,
             HsmError::Busy => ErrorName::ThrottlingException,
             HsmError::Timeout => ErrorName::DependencyTimeoutException,
-            HsmError::Unavailable(_) | HsmError::Pkcs11(_) => ErrorName::InternalException,
+            HsmError::Unavailable(_) | HsmError::Pkcs11(_) | HsmError::KeyAlreadyExists => {
+                ErrorName::InternalException
+            }
         };
         // Internal details (function names, codes) go to the log, not to the customer.
         let message = match &err {
-            HsmError::Unavailable(_) | HsmError::Pkcs11(_) => {
+            HsmError::Unavailable(_) | HsmError::Pkcs11(_) | HsmError::KeyAlreadyExists => {
                 "the external key manager failed to process the request".to_owned()
             }
             other => other.to_string(),
@@ -154,6 +159,7 @@ mod tests {
                 ErrorName::InternalException,
             ),
             (HsmError::Pkcs11(failure), ErrorName::InternalException),
+            (HsmError::KeyAlreadyExists, ErrorName::InternalException),
         ];
         for (err, name) in cases {
             assert_eq!(XksError::from(err.clone()).name(), name, "{err:?}");

@@ -1,1 +1,247 @@
-//! PKCS#11 backend (stub).
+//! The PKCS#11 (cryptoki) implementation of [`KeyBackend`] (XKS spec Encrypt, Decrypt,
+//! GetKeyMetadata and GetHealthStatus, served by a real HSM through its PKCS#11 module).
+//!
+//! [`Pkcs11Backend::open`] loads the module, calls `C_Initialize` with OS locking, selects the
+//! token by label or serial, logs in as CKU_USER and starts the worker pool ([`pool`]). The
+//! module is initialised once per process: open one backend per module and keep it.
+//!
+//! Layout: [`errors`] classifies return values (with [`codes`] naming them), [`token`] selects
+//! the token and opens sessions, [`keys`] finds keys by label and caches handles, [`crypto`]
+//! runs AES-GCM, metadata and the health check, [`pool`] owns the worker threads and
+//! [`admin`] holds the blocking CLI calls.
+
+mod admin;
+mod codes;
+mod crypto;
+mod errors;
+mod keys;
+mod pool;
+mod token;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use parking_lot::Mutex;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+pub use admin::KeyListing;
+pub use token::TokenIdentity;
+
+use self::errors::{Operation, fail};
+use self::keys::KeyCache;
+use self::pool::Pool;
+use crate::config::HsmSettings;
+use crate::hsm::{
+    BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
+    KeyMetadata, MemberHealth, MemberStatus,
+};
+use crate::xks::ExternalKeyId;
+
+/// A [`KeyBackend`] on one PKCS#11 token.
+///
+/// Crypto runs on `settings.sessions` dedicated worker threads; the async methods only queue
+/// work and wait for it. Dropping the backend stops the workers, logs out and finalises the
+/// module.
+pub struct Pkcs11Backend {
+    shared: Arc<Shared>,
+    pool: Pool,
+    /// The R/W admin session; it also keeps the application logged in. `None` after a
+    /// failure until the next admin call reopens it.
+    admin: Mutex<Option<Session>>,
+    identity: TokenIdentity,
+}
+
+/// State shared by the backend and its workers.
+struct Shared {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    pin: SecretString,
+    keys: KeyCache,
+    health_key: ExternalKeyId,
+    /// Set once the token refuses the PIN; nobody logs in again (PIN lockout protection).
+    login_refused: AtomicBool,
+}
+
+impl Pkcs11Backend {
+    /// Loads the module, selects and logs in to the token, makes sure the health-check key
+    /// exists (creating it if `settings.create_health_key`) and starts the workers.
+    ///
+    /// Blocking; call it at startup, not from an async task.
+    pub fn open(settings: &HsmSettings) -> Result<Self, HsmError> {
+        let module = settings.module.display();
+        let pkcs11 = Pkcs11::new(&settings.module).map_err(|e| {
+            HsmError::Unavailable(format!("cannot load the PKCS#11 module {module}: {e}"))
+        })?;
+        pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| fail(&e, Operation::Session))?;
+        // Declared before every session so that it finalises after they are closed.
+        let mut guard = FinalizeGuard(Some(pkcs11.clone()));
+
+        let slot = token::select(&pkcs11, &settings.token)?;
+        let identity = token::identity(&pkcs11, slot, Operation::Session)?;
+        let pin = settings.user_pin.clone();
+        let admin = token::open_session(&pkcs11, slot, &pin, true)?;
+        admin::ensure_health_key(
+            &admin,
+            &settings.health_key_label,
+            settings.create_health_key,
+        )?;
+
+        let mut sessions = Vec::with_capacity(settings.sessions.get());
+        for _ in 0..settings.sessions.get() {
+            sessions.push(token::open_session(&pkcs11, slot, &pin, false)?);
+        }
+        let shared = Arc::new(Shared {
+            pkcs11,
+            slot,
+            pin,
+            keys: KeyCache::default(),
+            health_key: settings.health_key_label.clone(),
+            login_refused: AtomicBool::new(false),
+        });
+        let pool = Pool::start(&shared, sessions, settings.queue_depth)?;
+        guard.0 = None;
+
+        tracing::info!(
+            manufacturer = %identity.manufacturer, model = %identity.model,
+            serial = %identity.serial, label = %identity.label,
+            hardware = %identity.hardware_version, firmware = %identity.firmware_version,
+            sessions = settings.sessions.get(), queue_depth = settings.queue_depth,
+            "PKCS#11 token ready"
+        );
+        Ok(Self {
+            shared,
+            pool,
+            admin: Mutex::new(Some(admin)),
+            identity,
+        })
+    }
+
+    /// The token's identity as read at startup, for logs.
+    pub fn token_identity(&self) -> TokenIdentity {
+        self.identity.clone()
+    }
+
+    /// The health-check key is not a customer key (H-3): customer calls get `KeyNotFound`.
+    fn customer_key(&self, key: &ExternalKeyId) -> Result<(), HsmError> {
+        if *key == self.shared.health_key {
+            Err(HsmError::KeyNotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues `f` on the pool and returns a future for its result.
+    fn run<T, F>(&self, deadline: Instant, f: F) -> BackendFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
+    {
+        let submitted = self.pool.submit(deadline, f);
+        Box::pin(async move { submitted?.wait().await })
+    }
+}
+
+impl KeyBackend for Pkcs11Backend {
+    fn key_metadata(
+        &self,
+        key: ExternalKeyId,
+        deadline: Instant,
+    ) -> BackendFuture<'_, KeyMetadata> {
+        if let Err(err) = self.customer_key(&key) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        self.run(deadline, move |session, shared| {
+            crypto::metadata(session, shared, &key)
+        })
+    }
+
+    fn encrypt(
+        &self,
+        key: ExternalKeyId,
+        request: EncryptRequest,
+        deadline: Instant,
+    ) -> BackendFuture<'_, GcmCiphertext> {
+        if let Err(err) = self.customer_key(&key) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        self.run(deadline, move |session, shared| {
+            crypto::encrypt(session, shared, &key, &request)
+        })
+    }
+
+    fn decrypt(
+        &self,
+        key: ExternalKeyId,
+        request: DecryptRequest,
+        deadline: Instant,
+    ) -> BackendFuture<'_, Zeroizing<Vec<u8>>> {
+        if let Err(err) = self.customer_key(&key) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        self.run(deadline, move |session, shared| {
+            crypto::decrypt(session, shared, &key, &request)
+        })
+    }
+
+    /// Ok with the member `Unavailable` when the crypto check fails; `Err` only for
+    /// [`HsmError::Timeout`] and [`HsmError::Busy`], where the check never got to run.
+    fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth> {
+        let probe = self.run(deadline, crypto::health_probe);
+        Box::pin(async move {
+            let (identity, status) = match probe.await {
+                Ok(identity) => (identity, MemberStatus::Active),
+                Err(err @ (HsmError::Timeout | HsmError::Busy)) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the deep health check failed");
+                    (self.identity.clone(), MemberStatus::Unavailable)
+                }
+            };
+            let member = MemberHealth {
+                id: identity.serial.clone(),
+                model: identity.model_description(),
+                status,
+            };
+            Ok(HsmHealth {
+                vendor: identity.manufacturer,
+                members: vec![member],
+            })
+        })
+    }
+}
+
+impl Drop for Pkcs11Backend {
+    fn drop(&mut self) {
+        self.pool.shutdown();
+        if let Some(session) = self.admin.get_mut().take() {
+            if let Err(err) = session.logout() {
+                tracing::debug!(error = %err, "C_Logout at shutdown failed");
+            }
+            drop(session);
+        }
+        if let Err(err) = self.shared.pkcs11.clone().finalize() {
+            tracing::warn!(error = %err, "C_Finalize at shutdown failed");
+        }
+        tracing::info!("PKCS#11 backend closed");
+    }
+}
+
+/// Calls `C_Finalize` when `open` fails after `C_Initialize`, so that a retry can initialise
+/// the module again.
+struct FinalizeGuard(Option<Pkcs11>);
+
+impl Drop for FinalizeGuard {
+    fn drop(&mut self) {
+        if let Some(pkcs11) = self.0.take()
+            && let Err(err) = pkcs11.finalize()
+        {
+            tracing::warn!(error = %err, "C_Finalize after a failed open failed");
+        }
+    }
+}

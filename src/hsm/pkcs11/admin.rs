@@ -1,0 +1,188 @@
+//! Administrative calls for the CLI: create and list keys, and the health-check key at startup
+//! (XKS spec §"Testing": keys for encrypt/decrypt, encrypt-only, decrypt-only and neither;
+//! checklist H-3, K-3, K-4).
+//!
+//! These calls block and run on the backend's own R/W session, never on the worker pool; do
+//! not call them from an async task. That session is also the long-lived "anchor" that keeps
+//! the application logged in while worker sessions come and go.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::Session;
+
+use super::Pkcs11Backend;
+use super::errors::{Operation, fail, is_stale_handle};
+use super::keys::{self, read_info, read_usages};
+use super::token;
+use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};
+use crate::xks::ExternalKeyId;
+
+/// Length in bytes of the keys the proxy creates (AES-256).
+const AES_256_LEN: u64 = 32;
+
+/// One key on the token, for `keys list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    /// `CKA_LABEL` (lossily decoded if not UTF-8); the external key id.
+    pub label: String,
+    /// Key type and size.
+    pub spec: KeySpec,
+    /// Usage flags that are set, in spec order.
+    pub usages: Vec<KeyUsage>,
+    /// Whether this is the dedicated health-check key, never served to customers.
+    pub health_check: bool,
+}
+
+impl Pkcs11Backend {
+    /// Creates an AES-256 token key labelled `label` (blocking).
+    ///
+    /// The key is `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`;
+    /// `CKA_ENCRYPT`, `CKA_DECRYPT`, `CKA_WRAP`, `CKA_UNWRAP`, `CKA_SIGN`, `CKA_VERIFY` and
+    /// `CKA_DERIVE` are set exactly as `usages` says (explicitly false otherwise), and
+    /// `CKA_ID` is the label. Refuses with [`HsmError::KeyAlreadyExists`] if any token object
+    /// already carries the label.
+    pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
+        self.with_admin_session(|session| create(session, label, usages))
+    }
+
+    /// Lists the token's keys (secret, private and public) sorted by label (blocking).
+    pub fn list_keys(&self) -> Result<Vec<KeyListing>, HsmError> {
+        self.with_admin_session(|session| list(session, &self.shared.health_key))
+    }
+
+    /// Runs `f` on the admin session, reopening it first if an earlier failure closed it, and
+    /// dropping it after a session-, login- or device-tier failure.
+    fn with_admin_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut slot = self.admin.lock();
+        let session = match slot.take() {
+            Some(session) => session,
+            None => {
+                let shared = &self.shared;
+                token::open_session(&shared.pkcs11, shared.slot, &shared.pin, true)?
+            }
+        };
+        let result = f(&session);
+        match &result {
+            Err(HsmError::Pkcs11(failure)) if failure.tier != Tier::Request => {
+                tracing::warn!(tier = ?failure.tier, "dropping the admin PKCS#11 session");
+            }
+            _ => *slot = Some(session),
+        }
+        result
+    }
+}
+
+/// Makes sure the health-check key exists, creating it if allowed. Problems other than an
+/// HSM failure are logged, not fatal: the health check then reports the member unavailable.
+pub(super) fn ensure_health_key(
+    session: &Session,
+    label: &ExternalKeyId,
+    create_if_missing: bool,
+) -> Result<(), HsmError> {
+    match keys::find(session, label, Operation::Admin) {
+        Ok(key) => {
+            if let Err(err) = key.info.require_aes_256() {
+                tracing::warn!(key = %label, error = %err, "the health-check key is unusable");
+            }
+            Ok(())
+        }
+        Err(HsmError::KeyNotFound) if create_if_missing => {
+            create(session, label, &[KeyUsage::Encrypt, KeyUsage::Decrypt])?;
+            tracing::info!(key = %label, "created the health-check key");
+            Ok(())
+        }
+        Err(HsmError::KeyNotFound) => {
+            tracing::warn!(key = %label, "the health-check key does not exist; deep health \
+                checks will report the HSM unavailable");
+            Ok(())
+        }
+        Err(HsmError::AmbiguousKey { count }) => {
+            tracing::warn!(key = %label, count, "several objects carry the health-check key id");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn create(session: &Session, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
+    let op = Operation::Admin;
+    match keys::find(session, label, op) {
+        Err(HsmError::KeyNotFound) => {}
+        Ok(_) | Err(HsmError::AmbiguousKey { .. }) => return Err(HsmError::KeyAlreadyExists),
+        Err(err) => return Err(err),
+    }
+    let has = |usage| usages.contains(&usage);
+    let label_bytes = label.as_str().as_bytes().to_vec();
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(AES_256_LEN.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(has(KeyUsage::Encrypt)),
+        Attribute::Decrypt(has(KeyUsage::Decrypt)),
+        Attribute::Wrap(has(KeyUsage::Wrap)),
+        Attribute::Unwrap(has(KeyUsage::Unwrap)),
+        Attribute::Sign(has(KeyUsage::Sign)),
+        Attribute::Verify(has(KeyUsage::Verify)),
+        Attribute::Derive(has(KeyUsage::Derive)),
+        Attribute::Id(label_bytes.clone()),
+        Attribute::Label(label_bytes),
+    ];
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .map_err(|e| fail(&e, op))?;
+    tracing::info!(key = %label, ?usages, "created an AES-256 key");
+    Ok(())
+}
+
+fn list(session: &Session, health_key: &ExternalKeyId) -> Result<Vec<KeyListing>, HsmError> {
+    let op = Operation::Admin;
+    let handles = session
+        .find_objects(&[Attribute::Token(true)])
+        .map_err(|e| fail(&e, op))?;
+    let mut listing = Vec::new();
+    for handle in handles {
+        let read = || -> Result<Option<KeyListing>, HsmError> {
+            let info = read_info(session, handle, op)?;
+            let is_key = [
+                ObjectClass::SECRET_KEY,
+                ObjectClass::PRIVATE_KEY,
+                ObjectClass::PUBLIC_KEY,
+            ]
+            .contains(&info.class);
+            if !is_key {
+                return Ok(None);
+            }
+            let label = session
+                .get_attributes(handle, &[AttributeType::Label])
+                .map_err(|e| fail(&e, op))?
+                .into_iter()
+                .find_map(|attribute| match attribute {
+                    Attribute::Label(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            Ok(Some(KeyListing {
+                health_check: label == health_key.as_str(),
+                label,
+                spec: info.spec(),
+                usages: read_usages(session, handle, op)?,
+            }))
+        };
+        match read() {
+            Ok(Some(key)) => listing.push(key),
+            Ok(None) => {}
+            // Deleted since the search: not a key any more.
+            Err(err) if is_stale_handle(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    listing.sort_by(|a, b| a.label.cmp(&b.label));
+    Ok(listing)
+}

@@ -1,0 +1,172 @@
+//! AES-GCM with `CKM_AES_GCM`, key metadata and the deep health check, run on a worker's
+//! session (XKS spec Encrypt, Decrypt, GetKeyMetadata, GetHealthStatus; checklist E-7, E-11,
+//! E-12, D-6, D-10…D-12, K-2…K-6, H-2, H-3).
+//!
+//! The IV is never the caller's: every encryption draws a fresh 12-byte IV from the OS CSPRNG
+//! here, because SoftHSM silently accepts an empty IV and would reuse the nonce. PKCS#11
+//! returns `ciphertext‖tag`; the tag is split off on the way out and appended on the way in.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use cryptoki::types::Ulong;
+use zeroize::Zeroizing;
+
+use super::Shared;
+use super::errors::{Operation, fail};
+use super::keys::{read_usages, with_key};
+use super::token::{self, TokenIdentity};
+use crate::hsm::{
+    DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
+    KeyStatus, Pkcs11Failure, Tier,
+};
+use crate::xks::ExternalKeyId;
+
+/// Tag length in bits, as `CK_GCM_PARAMS.ulTagBits` wants it.
+const TAG_BITS: u64 = (GCM_TAG_LEN * 8) as u64;
+/// What the health check encrypts and expects back.
+const HEALTH_PLAINTEXT: &[u8] = b"xks-proxy deep health check";
+/// The AAD of the health check.
+const HEALTH_AAD: &[u8] = b"xks-proxy health";
+
+/// AES-256-GCM encryption of a customer request under `key`.
+pub(super) fn encrypt(
+    session: &Session,
+    shared: &Shared,
+    key: &ExternalKeyId,
+    request: &EncryptRequest,
+) -> Result<GcmCiphertext, HsmError> {
+    let op = Operation::Encrypt;
+    with_key(session, &shared.keys, key, op, |key| {
+        key.info.require_aes_256()?;
+        gcm_encrypt(session, key.handle, &request.plaintext, &request.aad, op)
+    })
+}
+
+/// AES-256-GCM decryption and tag check of a customer request under `key`.
+pub(super) fn decrypt(
+    session: &Session,
+    shared: &Shared,
+    key: &ExternalKeyId,
+    request: &DecryptRequest,
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let op = Operation::Decrypt;
+    // The caller validated the IV (D-6); an empty IV must never reach SoftHSM regardless.
+    if !matches!(request.iv.len(), 12 | 16) {
+        return Err(HsmError::InvalidCiphertext);
+    }
+    let mut input = Vec::with_capacity(request.ciphertext.len() + GCM_TAG_LEN);
+    input.extend_from_slice(&request.ciphertext);
+    input.extend_from_slice(&request.tag);
+    with_key(session, &shared.keys, key, op, |key| {
+        key.info.require_aes_256()?;
+        gcm_decrypt(session, key.handle, &input, &request.iv, &request.aad, op)
+    })
+}
+
+/// The key's real attributes (K-2…K-6). PKCS#11 has no "disabled" flag, so the status is
+/// always [`KeyStatus::Enabled`].
+pub(super) fn metadata(
+    session: &Session,
+    shared: &Shared,
+    key: &ExternalKeyId,
+) -> Result<KeyMetadata, HsmError> {
+    let op = Operation::Metadata;
+    with_key(session, &shared.keys, key, op, |key| {
+        Ok(KeyMetadata {
+            spec: key.info.spec(),
+            usages: read_usages(session, key.handle, op)?,
+            status: KeyStatus::Enabled,
+        })
+    })
+}
+
+/// The deep health check (H-2, H-3): encrypts and decrypts a fixed message under the
+/// dedicated health key, compares, then reads the token identity.
+pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenIdentity, HsmError> {
+    let op = Operation::Health;
+    let label = &shared.health_key;
+    let sealed = with_key(session, &shared.keys, label, op, |key| {
+        key.info.require_aes_256()?;
+        gcm_encrypt(session, key.handle, HEALTH_PLAINTEXT, HEALTH_AAD, op)
+    })?;
+    let mut input = sealed.ciphertext;
+    input.extend_from_slice(&sealed.tag);
+    let opened = with_key(session, &shared.keys, label, op, |key| {
+        gcm_decrypt(session, key.handle, &input, &sealed.iv, HEALTH_AAD, op)
+    })?;
+    if opened.as_slice() != HEALTH_PLAINTEXT {
+        tracing::error!("the health-check decryption returned different bytes");
+        return Err(HsmError::Pkcs11(Pkcs11Failure {
+            function: "C_Decrypt",
+            code: "health check round trip mismatch".into(),
+            tier: Tier::Device,
+        }));
+    }
+    token::identity(&shared.pkcs11, shared.slot, op)
+}
+
+/// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV.
+fn gcm_encrypt(
+    session: &Session,
+    key: ObjectHandle,
+    plaintext: &[u8],
+    aad: &[u8],
+    op: Operation,
+) -> Result<GcmCiphertext, HsmError> {
+    let mut iv = [0u8; GCM_IV_LEN];
+    getrandom::fill(&mut iv).map_err(|e| {
+        tracing::error!(error = %e, "the OS random number generator failed");
+        HsmError::Unavailable("no random IV available".into())
+    })?;
+    let mut output = {
+        let params =
+            GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
+        session
+            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
+            .map_err(|e| fail(&e, op))?
+    };
+    if output.len() != plaintext.len() + GCM_TAG_LEN {
+        return Err(unexpected_length("C_Encrypt"));
+    }
+    let tag_bytes = output.split_off(plaintext.len());
+    let tag = <[u8; GCM_TAG_LEN]>::try_from(tag_bytes.as_slice())
+        .map_err(|_| unexpected_length("C_Encrypt"))?;
+    Ok(GcmCiphertext {
+        ciphertext: output,
+        iv,
+        tag,
+    })
+}
+
+/// `C_DecryptInit` + `C_Decrypt` of `ciphertext‖tag` with `CKM_AES_GCM`.
+fn gcm_decrypt(
+    session: &Session,
+    key: ObjectHandle,
+    input: &[u8],
+    iv: &[u8],
+    aad: &[u8],
+    op: Operation,
+) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let mut iv = iv.to_vec();
+    let params = GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
+    let plaintext = session
+        .decrypt(&Mechanism::AesGcm(params), key, input)
+        .map(Zeroizing::new)
+        .map_err(|e| fail(&e, op))?;
+    if plaintext.len() + GCM_TAG_LEN != input.len() {
+        return Err(unexpected_length("C_Decrypt"));
+    }
+    Ok(plaintext)
+}
+
+/// The HSM answered `CKR_OK` with an output of the wrong size.
+fn unexpected_length(function: &'static str) -> HsmError {
+    tracing::error!(function, "PKCS#11 returned an output of unexpected length");
+    HsmError::Pkcs11(Pkcs11Failure {
+        function,
+        code: "CKR_OK with an output of unexpected length".into(),
+        tier: Tier::Device,
+    })
+}

@@ -1,0 +1,431 @@
+//! The one classification of PKCS#11 failures into [`HsmError`] (XKS spec §"Error codes";
+//! checklist D-10…D-12, and "Things a naive implementation would get wrong" #13).
+//!
+//! [`classify`] matches every [`RvError`] explicitly, without a catch-all arm: a return value
+//! added by a new cryptoki release is a compile error here, not a silent `InternalException`.
+//! Failures that are not the request's fault carry a [`Tier`], which tells the worker pool how
+//! much to repair: a session, the login, or (later) the whole context.
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error, RvError};
+
+use super::codes::{function_name, rv_name};
+use crate::hsm::{HsmError, Pkcs11Failure, Tier};
+
+/// What the backend was doing when a PKCS#11 call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operation {
+    /// A customer Encrypt.
+    Encrypt,
+    /// A customer Decrypt.
+    Decrypt,
+    /// A customer GetKeyMetadata.
+    Metadata,
+    /// The deep health check.
+    Health,
+    /// Opening a session or logging in.
+    Session,
+    /// An administrative call (key creation, listing).
+    Admin,
+}
+
+impl Operation {
+    /// How the operation is named in logs and in [`HsmError::KeyUsageNotPermitted`].
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Encrypt => "encrypt",
+            Self::Decrypt => "decrypt",
+            Self::Metadata => "metadata",
+            Self::Health => "health check",
+            Self::Session => "session setup",
+            Self::Admin => "key administration",
+        }
+    }
+}
+
+/// What a return value means, before the context (function, operation) is taken into account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// A failure of the HSM or of our use of it, with its recovery tier.
+    Failure(Tier),
+    /// The key's attributes forbid the operation.
+    KeyUsage,
+    /// The key type does not fit the mechanism.
+    KeyType,
+    /// An input has a size the HSM refuses.
+    InputSize,
+    /// A GCM authentication failure when returned by `C_Decrypt*`; otherwise a failure of
+    /// the given tier.
+    Ciphertext(Tier),
+}
+
+/// Classifies a cryptoki error raised during `op`. Pure; see [`fail`] for the logging variant.
+pub(super) fn classify(err: &Error, op: Operation) -> HsmError {
+    let (function, code, tier) = match err {
+        Error::Pkcs11(rv, function) => return classify_rv(*rv, *function, op),
+        Error::LibraryLoading(_) => ("dlopen", "module could not be loaded", Tier::Device),
+        Error::NullFunctionPointer => ("C_GetFunctionList", "missing function", Tier::Device),
+        Error::MissingSymbol(_) => ("dlsym", "missing symbol", Tier::Device),
+        Error::NotSupported => ("cryptoki", "feature not supported", Tier::Request),
+        Error::TryFromInt(_)
+        | Error::TryFromSlice(_)
+        | Error::ParseInt(_)
+        | Error::Utf8(_)
+        | Error::NulError(_)
+        | Error::InvalidValue => ("cryptoki", "value conversion failed", Tier::Request),
+        Error::PinNotSet => ("C_Login", "PIN not set", Tier::Login),
+    };
+    HsmError::Pkcs11(Pkcs11Failure {
+        function,
+        code: code.to_owned(),
+        tier,
+    })
+}
+
+/// Classifies `err` like [`classify`] and logs function, code and tier once.
+///
+/// Never logs inputs: plaintext, AAD, key material and the PIN do not reach this function.
+pub(super) fn fail(err: &Error, op: Operation) -> HsmError {
+    let classified = classify(err, op);
+    match &classified {
+        HsmError::Pkcs11(f) if f.tier == Tier::Device => tracing::error!(
+            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            "PKCS#11 call failed"
+        ),
+        HsmError::Pkcs11(f) => tracing::warn!(
+            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            "PKCS#11 call failed"
+        ),
+        other => match err {
+            Error::Pkcs11(rv, function) => tracing::debug!(
+                operation = op.as_str(), function = function_name(*function), code = %rv_name(*rv),
+                outcome = %other, "PKCS#11 call refused the request"
+            ),
+            _ => tracing::debug!(operation = op.as_str(), outcome = %other, "cryptoki error"),
+        },
+    }
+    classified
+}
+
+/// Whether `err` says a cached object handle no longer names an object.
+pub(super) fn is_stale_handle(err: &HsmError) -> bool {
+    matches!(err, HsmError::Pkcs11(f)
+        if f.code == rv_name(RvError::ObjectHandleInvalid)
+            || f.code == rv_name(RvError::KeyHandleInvalid))
+}
+
+fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
+    let decrypting = matches!(
+        function,
+        Function::Decrypt | Function::DecryptUpdate | Function::DecryptFinal
+    );
+    match verdict(rv) {
+        Verdict::KeyUsage => HsmError::KeyUsageNotPermitted {
+            operation: usage_name(function, op),
+        },
+        Verdict::KeyType => HsmError::UnsupportedKey {
+            found: "a key type AES-GCM cannot use".into(),
+        },
+        Verdict::InputSize => HsmError::InputTooLarge,
+        Verdict::Ciphertext(_) if decrypting => HsmError::InvalidCiphertext,
+        Verdict::Ciphertext(tier) | Verdict::Failure(tier) => HsmError::Pkcs11(Pkcs11Failure {
+            function: function_name(function),
+            code: rv_name(rv),
+            tier,
+        }),
+    }
+}
+
+/// `encrypt` or `decrypt` when the failing function says so, else the operation's name.
+fn usage_name(function: Function, op: Operation) -> &'static str {
+    match function {
+        Function::EncryptInit | Function::Encrypt => Operation::Encrypt.as_str(),
+        Function::DecryptInit | Function::Decrypt => Operation::Decrypt.as_str(),
+        _ => op.as_str(),
+    }
+}
+
+/// The meaning of each return value. Exhaustive on purpose: no `_` arm.
+fn verdict(rv: RvError) -> Verdict {
+    use RvError as R;
+    use Verdict::{Ciphertext, Failure};
+    match rv {
+        R::KeyFunctionNotPermitted => Verdict::KeyUsage,
+        R::KeyTypeInconsistent => Verdict::KeyType,
+        R::DataLenRange => Verdict::InputSize,
+        // Tag mismatch: SoftHSM 2.6 says GENERAL_ERROR, nShield FUNCTION_FAILED (D-12).
+        R::GeneralError | R::FunctionFailed => Ciphertext(Tier::Device),
+        R::EncryptedDataInvalid | R::EncryptedDataLenRange => Ciphertext(Tier::Request),
+
+        R::SessionClosed
+        | R::SessionHandleInvalid
+        | R::ObjectHandleInvalid
+        | R::KeyHandleInvalid
+        | R::OperationActive
+        | R::OperationNotInitialized => Failure(Tier::Session),
+
+        R::UserNotLoggedIn
+        | R::UserPinNotInitialized
+        | R::UserAnotherAlreadyLoggedIn
+        | R::UserTooManyTypes
+        | R::PinIncorrect
+        | R::PinInvalid
+        | R::PinLenRange
+        | R::PinExpired
+        | R::PinLocked => Failure(Tier::Login),
+
+        R::DeviceError
+        | R::DeviceMemory
+        | R::DeviceRemoved
+        | R::TokenNotPresent
+        | R::TokenNotRecognized
+        | R::CryptokiNotInitialized
+        | R::CryptokiAlreadyInitialized
+        | R::HostMemory
+        | R::SlotIdInvalid
+        | R::SessionCount
+        | R::FipsSelfTestFailed
+        | R::LibraryLoadFailed
+        | R::MutexBad
+        | R::MutexNotLocked
+        | R::CantLock
+        | R::NeedToCreateThreads
+        // Unknown meaning: assume the worst; repairing costs one session.
+        | R::VendorDefined(_)
+        | R::UnknownErrorCode(_) => Failure(Tier::Device),
+
+        R::Cancel
+        | R::ArgumentsBad
+        | R::NoEvent
+        | R::AttributeReadOnly
+        | R::AttributeSensitive
+        | R::AttributeTypeInvalid
+        | R::AttributeValueInvalid
+        | R::ActionProhibited
+        | R::DataInvalid
+        | R::FunctionCanceled
+        | R::FunctionNotParallel
+        | R::FunctionNotSupported
+        | R::CurveNotSupported
+        | R::KeySizeRange
+        | R::KeyNotNeeded
+        | R::KeyChanged
+        | R::KeyNeeded
+        | R::KeyIndigestible
+        | R::KeyNotWrappable
+        | R::KeyUnextractable
+        | R::MechanismInvalid
+        | R::MechanismParamInvalid
+        | R::SessionParallelNotSupported
+        | R::SessionReadOnly
+        | R::SessionExists
+        | R::SessionReadOnlyExists
+        | R::SessionReadWriteSoExists
+        | R::SignatureInvalid
+        | R::SignatureLenRange
+        | R::TemplateIncomplete
+        | R::TemplateInconsistent
+        | R::TokenWriteProtected
+        | R::UnwrappingKeyHandleInvalid
+        | R::UnwrappingKeySizeRange
+        | R::UnwrappingKeyTypeInconsistent
+        | R::UserAlreadyLoggedIn
+        | R::UserTypeInvalid
+        | R::WrappedKeyInvalid
+        | R::WrappedKeyLenRange
+        | R::WrappingKeyHandleInvalid
+        | R::WrappingKeySizeRange
+        | R::WrappingKeyTypeInconsistent
+        | R::RandomSeedNotSupported
+        | R::RandomNoRng
+        | R::DomainParamsInvalid
+        | R::BufferTooSmall
+        | R::SavedStateInvalid
+        | R::InformationSensitive
+        | R::StateUnsaveable
+        | R::NewPinMode
+        | R::NextOtp
+        | R::ExceededMaxIterations
+        | R::PinTooWeak
+        | R::PublicKeyInvalid
+        | R::FunctionRejected => Failure(Tier::Request),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rv(rv: RvError, function: Function, op: Operation) -> HsmError {
+        classify(&Error::Pkcs11(rv, function), op)
+    }
+
+    fn tier_of(err: HsmError) -> Option<Tier> {
+        match err {
+            HsmError::Pkcs11(f) => Some(f.tier),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn d_11_key_usage_refusals_name_the_operation() {
+        let cases = [
+            (Function::EncryptInit, Operation::Encrypt, "encrypt"),
+            (Function::DecryptInit, Operation::Decrypt, "decrypt"),
+            (Function::DecryptInit, Operation::Health, "decrypt"),
+            (
+                Function::GenerateKey,
+                Operation::Admin,
+                "key administration",
+            ),
+        ];
+        for (function, op, operation) in cases {
+            assert_eq!(
+                rv(RvError::KeyFunctionNotPermitted, function, op),
+                HsmError::KeyUsageNotPermitted { operation },
+            );
+        }
+    }
+
+    #[test]
+    fn d_12_tag_failures_during_c_decrypt_are_invalid_ciphertext() {
+        for code in [
+            RvError::GeneralError,
+            RvError::FunctionFailed,
+            RvError::EncryptedDataInvalid,
+            RvError::EncryptedDataLenRange,
+        ] {
+            for function in [
+                Function::Decrypt,
+                Function::DecryptUpdate,
+                Function::DecryptFinal,
+            ] {
+                assert_eq!(
+                    rv(code, function, Operation::Decrypt),
+                    HsmError::InvalidCiphertext
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn general_error_outside_c_decrypt_is_a_device_failure() {
+        let cases = [
+            (Function::DecryptInit, Operation::Decrypt),
+            (Function::Encrypt, Operation::Encrypt),
+            (Function::FindObjectsInit, Operation::Metadata),
+        ];
+        for (function, op) in cases {
+            for code in [RvError::GeneralError, RvError::FunctionFailed] {
+                let err = rv(code, function, op);
+                assert_eq!(tier_of(err.clone()), Some(Tier::Device), "{err:?}");
+            }
+        }
+        assert_eq!(
+            rv(
+                RvError::EncryptedDataInvalid,
+                Function::Encrypt,
+                Operation::Encrypt
+            ),
+            HsmError::Pkcs11(Pkcs11Failure {
+                function: "C_Encrypt",
+                code: "CKR_ENCRYPTED_DATA_INVALID".into(),
+                tier: Tier::Request,
+            }),
+        );
+    }
+
+    #[test]
+    fn request_level_meanings() {
+        assert!(matches!(
+            rv(
+                RvError::KeyTypeInconsistent,
+                Function::EncryptInit,
+                Operation::Encrypt
+            ),
+            HsmError::UnsupportedKey { .. }
+        ));
+        assert_eq!(
+            rv(RvError::DataLenRange, Function::Encrypt, Operation::Encrypt),
+            HsmError::InputTooLarge
+        );
+        for code in [
+            RvError::MechanismInvalid,
+            RvError::ArgumentsBad,
+            RvError::SessionReadOnly,
+        ] {
+            assert_eq!(
+                tier_of(rv(code, Function::Encrypt, Operation::Encrypt)),
+                Some(Tier::Request)
+            );
+        }
+    }
+
+    #[test]
+    fn tiers_drive_recovery() {
+        let cases = [
+            (RvError::SessionClosed, Tier::Session),
+            (RvError::SessionHandleInvalid, Tier::Session),
+            (RvError::ObjectHandleInvalid, Tier::Session),
+            (RvError::KeyHandleInvalid, Tier::Session),
+            (RvError::OperationActive, Tier::Session),
+            (RvError::UserNotLoggedIn, Tier::Login),
+            (RvError::PinIncorrect, Tier::Login),
+            (RvError::DeviceError, Tier::Device),
+            (RvError::DeviceRemoved, Tier::Device),
+            (RvError::DeviceMemory, Tier::Device),
+            (RvError::TokenNotPresent, Tier::Device),
+            (RvError::TokenNotRecognized, Tier::Device),
+            (RvError::CryptokiNotInitialized, Tier::Device),
+            (RvError::VendorDefined(0x8000_0001), Tier::Device),
+        ];
+        for (code, tier) in cases {
+            let err = rv(code, Function::EncryptInit, Operation::Encrypt);
+            assert_eq!(tier_of(err), Some(tier), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn failures_carry_the_c_function_and_ckr_name() {
+        assert_eq!(
+            rv(
+                RvError::DeviceError,
+                Function::DecryptInit,
+                Operation::Decrypt
+            ),
+            HsmError::Pkcs11(Pkcs11Failure {
+                function: "C_DecryptInit",
+                code: "CKR_DEVICE_ERROR".into(),
+                tier: Tier::Device,
+            }),
+        );
+    }
+
+    #[test]
+    fn stale_handles_are_recognised() {
+        for code in [RvError::ObjectHandleInvalid, RvError::KeyHandleInvalid] {
+            assert!(is_stale_handle(&rv(
+                code,
+                Function::EncryptInit,
+                Operation::Encrypt
+            )));
+        }
+        assert!(!is_stale_handle(&rv(
+            RvError::SessionClosed,
+            Function::EncryptInit,
+            Operation::Encrypt
+        )));
+    }
+
+    #[test]
+    fn non_pkcs11_errors_are_classified_too() {
+        assert_eq!(
+            tier_of(classify(&Error::NullFunctionPointer, Operation::Session)),
+            Some(Tier::Device)
+        );
+        assert_eq!(
+            tier_of(classify(&Error::InvalidValue, Operation::Admin)),
+            Some(Tier::Request)
+        );
+    }
+}

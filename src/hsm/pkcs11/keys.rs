@@ -1,0 +1,310 @@
+//! Key lookup by `CKA_LABEL` and the shared handle cache (checklist URI-7, URI-8, K-2…K-4).
+//!
+//! An external key id names the one token object whose `CKA_LABEL` equals it. No match is
+//! [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never guesses.
+//! Token object handles are valid in every session of the application, so found handles are
+//! cached by label together with the immutable class, key type and size. A cached handle that
+//! the HSM rejects as invalid is dropped and the lookup repeated once ([`with_key`]).
+
+use std::collections::HashMap;
+
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState};
+use parking_lot::RwLock;
+
+use super::errors::{Operation, fail, is_stale_handle};
+use crate::hsm::{HsmError, KeySpec, KeyUsage, Pkcs11Failure, Tier};
+use crate::xks::ExternalKeyId;
+
+/// Immutable attributes of a key object, read once and cached with its handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyInfo {
+    /// `CKA_CLASS`.
+    pub(super) class: ObjectClass,
+    /// `CKA_KEY_TYPE`, absent on objects that are not keys.
+    pub(super) key_type: Option<KeyType>,
+    /// `CKA_VALUE_LEN` in bytes, present on secret keys.
+    pub(super) value_len: Option<u64>,
+}
+
+impl KeyInfo {
+    /// Key type and size as GetKeyMetadata reports them (K-2): truthful for every object.
+    pub(super) fn spec(&self) -> KeySpec {
+        let strip =
+            |s: String, prefix: &str| s.strip_prefix(prefix).map(str::to_owned).unwrap_or(s);
+        let Some(key_type) = self.key_type else {
+            return KeySpec::Other(strip(self.class.to_string(), "CKO_"));
+        };
+        let type_name = strip(key_type.to_string(), "CKK_");
+        if self.class != ObjectClass::SECRET_KEY {
+            let class_name = strip(self.class.to_string(), "CKO_");
+            return KeySpec::Other(format!("{type_name}_{class_name}"));
+        }
+        match (key_type, self.value_len) {
+            (KeyType::AES, Some(16)) => KeySpec::Aes128,
+            (KeyType::AES, Some(24)) => KeySpec::Aes192,
+            (KeyType::AES, Some(32)) => KeySpec::Aes256,
+            (_, Some(bytes)) => KeySpec::Other(format!("{type_name}_{}", bytes.saturating_mul(8))),
+            (_, None) => KeySpec::Other(type_name),
+        }
+    }
+
+    /// Succeeds for an AES-256 secret key, the only kind the proxy uses for customer crypto.
+    pub(super) fn require_aes_256(&self) -> Result<(), HsmError> {
+        match self.spec() {
+            KeySpec::Aes256 => Ok(()),
+            other => Err(HsmError::UnsupportedKey {
+                found: other.as_str().to_owned(),
+            }),
+        }
+    }
+}
+
+/// A cached lookup result.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CachedKey {
+    /// The token object.
+    pub(super) handle: ObjectHandle,
+    /// Its immutable attributes.
+    pub(super) info: KeyInfo,
+}
+
+/// Handles of token keys by label, shared by all workers.
+#[derive(Debug, Default)]
+pub(super) struct KeyCache {
+    map: RwLock<HashMap<ExternalKeyId, CachedKey>>,
+}
+
+impl KeyCache {
+    /// The cached key for `label`, or a fresh lookup on `session` that fills the cache.
+    pub(super) fn get(
+        &self,
+        session: &Session,
+        label: &ExternalKeyId,
+        op: Operation,
+    ) -> Result<CachedKey, HsmError> {
+        if let Some(key) = self.map.read().get(label) {
+            return Ok(*key);
+        }
+        let key = find(session, label, op)?;
+        self.map.write().insert(label.clone(), key);
+        Ok(key)
+    }
+
+    /// Forgets `label` if it still maps to `handle`.
+    pub(super) fn invalidate(&self, label: &ExternalKeyId, handle: ObjectHandle) {
+        let mut map = self.map.write();
+        if map.get(label).is_some_and(|key| key.handle == handle) {
+            map.remove(label);
+        }
+    }
+}
+
+/// Runs `f` on the key labelled `label`; if the HSM rejects the cached handle as invalid,
+/// forgets it, looks the label up again and runs `f` once more.
+pub(super) fn with_key<T>(
+    session: &Session,
+    cache: &KeyCache,
+    label: &ExternalKeyId,
+    op: Operation,
+    mut f: impl FnMut(&CachedKey) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    let key = cache.get(session, label, op)?;
+    match f(&key) {
+        Err(err) if is_stale_handle(&err) => {
+            tracing::info!(key = %label, "cached key handle went stale; looking the key up again");
+            cache.invalidate(label, key.handle);
+            let key = cache.get(session, label, op)?;
+            f(&key)
+        }
+        other => other,
+    }
+}
+
+/// Finds the one token object labelled `label` and reads its immutable attributes.
+pub(super) fn find(
+    session: &Session,
+    label: &ExternalKeyId,
+    op: Operation,
+) -> Result<CachedKey, HsmError> {
+    let template = [
+        Attribute::Label(label.as_str().as_bytes().to_vec()),
+        Attribute::Token(true),
+    ];
+    // find_objects always ends with C_FindObjectsFinal, also on error.
+    let handles = session.find_objects(&template).map_err(|e| fail(&e, op))?;
+    match handles.as_slice() {
+        [] => {
+            ensure_logged_in(session, op)?;
+            Err(HsmError::KeyNotFound)
+        }
+        [handle] => Ok(CachedKey {
+            handle: *handle,
+            info: read_info(session, *handle, op)?,
+        }),
+        several => {
+            tracing::warn!(key = %label, count = several.len(), "several HSM objects share a key id");
+            Err(HsmError::AmbiguousKey {
+                count: several.len(),
+            })
+        }
+    }
+}
+
+/// Reads class, key type and value length of an object.
+pub(super) fn read_info(
+    session: &Session,
+    handle: ObjectHandle,
+    op: Operation,
+) -> Result<KeyInfo, HsmError> {
+    let wanted = [
+        AttributeType::Class,
+        AttributeType::KeyType,
+        AttributeType::ValueLen,
+    ];
+    let attributes = session
+        .get_attributes(handle, &wanted)
+        .map_err(|e| fail(&e, op))?;
+    let mut info = KeyInfo {
+        class: ObjectClass::DATA,
+        key_type: None,
+        value_len: None,
+    };
+    let mut has_class = false;
+    for attribute in attributes {
+        match attribute {
+            Attribute::Class(class) => {
+                info.class = class;
+                has_class = true;
+            }
+            Attribute::KeyType(key_type) => info.key_type = Some(key_type),
+            Attribute::ValueLen(len) => info.value_len = Some(*len),
+            _ => {}
+        }
+    }
+    if !has_class {
+        return Err(HsmError::Pkcs11(Pkcs11Failure {
+            function: "C_GetAttributeValue",
+            code: "object without CKA_CLASS".into(),
+            tier: Tier::Request,
+        }));
+    }
+    Ok(info)
+}
+
+/// Reads the seven usage flags, in spec order (K-3, K-4). Absent flags count as false.
+pub(super) fn read_usages(
+    session: &Session,
+    handle: ObjectHandle,
+    op: Operation,
+) -> Result<Vec<KeyUsage>, HsmError> {
+    let wanted = [
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Derive,
+    ];
+    let attributes = session
+        .get_attributes(handle, &wanted)
+        .map_err(|e| fail(&e, op))?;
+    let mut usages: Vec<KeyUsage> = attributes
+        .iter()
+        .filter_map(|attribute| match attribute {
+            Attribute::Encrypt(true) => Some(KeyUsage::Encrypt),
+            Attribute::Decrypt(true) => Some(KeyUsage::Decrypt),
+            Attribute::Sign(true) => Some(KeyUsage::Sign),
+            Attribute::Verify(true) => Some(KeyUsage::Verify),
+            Attribute::Wrap(true) => Some(KeyUsage::Wrap),
+            Attribute::Unwrap(true) => Some(KeyUsage::Unwrap),
+            Attribute::Derive(true) => Some(KeyUsage::Derive),
+            _ => None,
+        })
+        .collect();
+    usages.sort_unstable();
+    Ok(usages)
+}
+
+/// Private keys are invisible without a login, so "not found" on a session that lost its
+/// login would be a lie: report it as a login-tier failure so the worker logs in again.
+fn ensure_logged_in(session: &Session, op: Operation) -> Result<(), HsmError> {
+    let info = session.get_session_info().map_err(|e| fail(&e, op))?;
+    match info.session_state() {
+        SessionState::RoUser | SessionState::RwUser => Ok(()),
+        SessionState::RoPublic | SessionState::RwPublic | SessionState::RwSecurityOfficer => {
+            tracing::warn!(
+                operation = op.as_str(),
+                "PKCS#11 session is not logged in as user"
+            );
+            Err(HsmError::Pkcs11(Pkcs11Failure {
+                function: "C_GetSessionInfo",
+                code: "session not logged in as user".into(),
+                tier: Tier::Login,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(class: ObjectClass, key_type: Option<KeyType>, value_len: Option<u64>) -> KeyInfo {
+        KeyInfo {
+            class,
+            key_type,
+            value_len,
+        }
+    }
+
+    #[test]
+    fn k_2_aes_sizes_get_their_spec_names() {
+        let secret = |len| info(ObjectClass::SECRET_KEY, Some(KeyType::AES), Some(len));
+        assert_eq!(secret(16).spec(), KeySpec::Aes128);
+        assert_eq!(secret(24).spec(), KeySpec::Aes192);
+        assert_eq!(secret(32).spec(), KeySpec::Aes256);
+        assert_eq!(secret(32).require_aes_256(), Ok(()));
+        assert_eq!(
+            secret(16).require_aes_256(),
+            Err(HsmError::UnsupportedKey {
+                found: "AES_128".into()
+            })
+        );
+    }
+
+    #[test]
+    fn k_2_other_objects_are_described_truthfully() {
+        let cases = [
+            (
+                info(
+                    ObjectClass::SECRET_KEY,
+                    Some(KeyType::GENERIC_SECRET),
+                    Some(32),
+                ),
+                "GENERIC_SECRET_256",
+            ),
+            (
+                info(ObjectClass::SECRET_KEY, Some(KeyType::AES), Some(8)),
+                "AES_64",
+            ),
+            (
+                info(ObjectClass::SECRET_KEY, Some(KeyType::DES3), None),
+                "DES3",
+            ),
+            (
+                info(ObjectClass::PRIVATE_KEY, Some(KeyType::RSA), None),
+                "RSA_PRIVATE_KEY",
+            ),
+            (info(ObjectClass::DATA, None, None), "DATA"),
+        ];
+        for (info, spec) in cases {
+            assert_eq!(info.spec(), KeySpec::Other(spec.into()));
+            assert_eq!(
+                info.require_aes_256(),
+                Err(HsmError::UnsupportedKey { found: spec.into() })
+            );
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Dedicated PKCS#11 worker threads behind a bounded queue (checklist TR-8, "naive
+//! implementation" #37; style guide "PKCS#11 work runs on dedicated blocking workers").
+//!
+//! Each worker is a std thread that owns one logged-in [`Session`] (sessions are `Send` but
+//! not `Sync`, so one thread per session). Requests arrive through a bounded MPMC queue of
+//! `queue_depth` slots: a full queue answers [`HsmError::Busy`] at once (ThrottlingException),
+//! and every job carries its request deadline. The async caller waits on a oneshot with
+//! `timeout_at(deadline)` ([`HsmError::Timeout`], DependencyTimeoutException); a worker drops
+//! a job whose deadline has passed without touching the HSM. No PKCS#11 call ever runs on a
+//! tokio thread.
+//!
+//! Recovery: a job that fails with a session, login or device [`Tier`] makes its worker close
+//! the session and open and log in a fresh one before the next job. If that fails, the worker
+//! answers [`HsmError::Unavailable`] and retries with exponential backoff, never spinning.
+//! Seam for later: a device-tier failure should rebuild the whole context (`C_Finalize`,
+//! `C_Initialize`) instead of only the session; see [`Worker::repair`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use cryptoki::session::Session;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::token;
+use crate::hsm::{HsmError, Tier};
+
+/// First wait before retrying to open a session.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between attempts to open a session.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The work of one job: gets the worker's session (or why there is none) and returns the
+/// recovery tier its failure calls for, if any.
+type Work = Box<dyn FnOnce(Result<&Session, HsmError>, &Shared) -> Option<Tier> + Send>;
+
+/// A queued request.
+struct Job {
+    deadline: Instant,
+    work: Work,
+}
+
+/// The worker threads and the sending side of their queue.
+pub(super) struct Pool {
+    sender: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A job accepted by the queue; [`Submitted::wait`] yields its result.
+pub(super) struct Submitted<T> {
+    receiver: oneshot::Receiver<Result<T, HsmError>>,
+    deadline: Instant,
+}
+
+impl Pool {
+    /// Starts one worker per session, sharing a queue of `queue_depth` waiting jobs.
+    pub(super) fn start(
+        shared: &Arc<Shared>,
+        sessions: Vec<Session>,
+        queue_depth: usize,
+    ) -> Result<Self, HsmError> {
+        let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
+        let mut workers = Vec::with_capacity(sessions.len());
+        for (id, session) in sessions.into_iter().enumerate() {
+            let worker = Worker::new(id, session, Arc::clone(shared));
+            let jobs = receiver.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("pkcs11-worker-{id}"))
+                .spawn(move || worker.run(&jobs))
+                .map_err(|e| HsmError::Unavailable(format!("cannot start a worker thread: {e}")))?;
+            workers.push(handle);
+        }
+        Ok(Self {
+            sender: Some(sender),
+            workers,
+        })
+    }
+
+    /// Queues `f` to run on a worker's session. Never blocks: a full queue is
+    /// [`HsmError::Busy`], a deadline already past is [`HsmError::Timeout`].
+    pub(super) fn submit<T, F>(&self, deadline: Instant, f: F) -> Result<Submitted<T>, HsmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
+    {
+        if Instant::now() >= deadline {
+            return Err(HsmError::Timeout);
+        }
+        let Some(sender) = &self.sender else {
+            return Err(HsmError::Unavailable(
+                "the HSM backend is shutting down".into(),
+            ));
+        };
+        let (reply, receiver) = oneshot::channel();
+        let work: Work = Box::new(move |lease, shared| {
+            let result = lease.and_then(|session| f(session, shared));
+            let repair = repair_tier(&result);
+            // The caller may have timed out and gone; nothing to do then.
+            let _ = reply.send(result);
+            repair
+        });
+        match sender.try_send(Job { deadline, work }) {
+            Ok(()) => Ok(Submitted { receiver, deadline }),
+            Err(TrySendError::Full(_)) => Err(HsmError::Busy),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(HsmError::Unavailable("no HSM worker is running".into()))
+            }
+        }
+    }
+
+    /// Closes the queue and waits for the workers, which finish the jobs already queued.
+    pub(super) fn shutdown(&mut self) {
+        self.sender = None;
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                tracing::error!("a PKCS#11 worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl<T> Submitted<T> {
+    /// Waits for the result until the deadline.
+    pub(super) async fn wait(self) -> Result<T, HsmError> {
+        match tokio::time::timeout_at(self.deadline.into(), self.receiver).await {
+            Ok(Ok(result)) => result,
+            // The worker dropped the job: it expired in the queue, or the worker died.
+            Ok(Err(_)) if Instant::now() >= self.deadline => Err(HsmError::Timeout),
+            Ok(Err(_)) => Err(HsmError::Unavailable(
+                "the HSM worker dropped the request".into(),
+            )),
+            Err(_elapsed) => Err(HsmError::Timeout),
+        }
+    }
+}
+
+/// The tier a result asks the worker to repair, if any.
+fn repair_tier<T>(result: &Result<T, HsmError>) -> Option<Tier> {
+    match result {
+        Err(HsmError::Pkcs11(failure)) if failure.tier != Tier::Request => Some(failure.tier),
+        _ => None,
+    }
+}
+
+/// Whether `err` is the token refusing our credentials at `C_Login`: retrying could lock
+/// the user PIN, so nobody logs in again until an operator restarts the proxy.
+fn refuses_login(err: &HsmError) -> bool {
+    matches!(err, HsmError::Pkcs11(f) if f.function == "C_Login" && f.tier == Tier::Login)
+}
+
+/// One worker thread's state.
+struct Worker {
+    id: usize,
+    session: Option<Session>,
+    shared: Arc<Shared>,
+    backoff: Duration,
+    next_attempt: Instant,
+}
+
+impl Worker {
+    fn new(id: usize, session: Session, shared: Arc<Shared>) -> Self {
+        Self {
+            id,
+            session: Some(session),
+            shared,
+            backoff: MIN_BACKOFF,
+            next_attempt: Instant::now(),
+        }
+    }
+
+    fn run(mut self, jobs: &Receiver<Job>) {
+        loop {
+            let next = if self.session.is_some() {
+                jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                jobs.recv_deadline(self.next_attempt)
+            };
+            match next {
+                Ok(job) => self.handle(job),
+                Err(RecvTimeoutError::Timeout) => self.reopen(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        tracing::debug!(worker = self.id, "PKCS#11 worker stopped");
+    }
+
+    fn handle(&mut self, job: Job) {
+        if Instant::now() >= job.deadline {
+            tracing::debug!(
+                worker = self.id,
+                "dropping a request whose deadline passed in the queue"
+            );
+            return;
+        }
+        if self.session.is_none() && Instant::now() >= self.next_attempt {
+            self.reopen();
+        }
+        let repair = match &self.session {
+            Some(session) => (job.work)(Ok(session), &self.shared),
+            None => {
+                let why = HsmError::Unavailable("no PKCS#11 session; reconnecting".into());
+                (job.work)(Err(why), &self.shared)
+            }
+        };
+        if let Some(tier) = repair {
+            self.repair(tier);
+        }
+    }
+
+    /// Replaces the session after a failure of `tier`.
+    ///
+    /// Today every tier gets a fresh session (and a fresh login if needed); a device-tier
+    /// failure is where a full context rebuild will hook in.
+    fn repair(&mut self, tier: Tier) {
+        tracing::warn!(
+            worker = self.id,
+            ?tier,
+            "replacing the PKCS#11 session after a failure"
+        );
+        self.session = None;
+        self.backoff = MIN_BACKOFF;
+        self.reopen();
+    }
+
+    /// Opens and logs in a new session, or schedules the next attempt.
+    fn reopen(&mut self) {
+        let shared = &self.shared;
+        if shared.login_refused.load(Ordering::Relaxed) {
+            self.next_attempt = Instant::now() + MAX_BACKOFF;
+            return;
+        }
+        match token::open_session(&shared.pkcs11, shared.slot, &shared.pin, false) {
+            Ok(session) => {
+                tracing::info!(worker = self.id, "opened a new PKCS#11 session");
+                self.session = Some(session);
+                self.backoff = MIN_BACKOFF;
+            }
+            Err(err) => {
+                if refuses_login(&err) && !shared.login_refused.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        error = %err,
+                        "the token refused the PIN; not logging in again until restart"
+                    );
+                }
+                tracing::warn!(worker = self.id, error = %err, retry_in = ?self.backoff,
+                    "cannot open a PKCS#11 session");
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
