@@ -195,9 +195,12 @@ fn create_key(path: &Path, label: &str, usage: &[UsageArg]) -> Result<(), String
 fn list_keys(path: &Path) -> Result<(), String> {
     let backend = open_backend(path)?;
     let keys = backend.list_keys().map_err(|e| format!("cannot list keys: {e}"))?;
-    println!("{:<40} {:<10} {:<6} USAGES", "LABEL", "TYPE", "BITS");
+    println!("{:<40} {:<12} USAGES", "LABEL", "KEY SPEC");
     for key in keys {
-        println!("{key}");
+        let usages: Vec<_> = key.usages.iter().map(|u| u.as_str()).collect();
+        let usages = if usages.is_empty() { "-".to_owned() } else { usages.join(",") };
+        let note = if key.health_check { "  (health-check key, not served to KMS)" } else { "" };
+        println!("{:<40} {:<12} {usages}{note}", key.label, key.spec.as_str());
     }
     Ok(())
 }

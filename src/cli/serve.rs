@@ -70,6 +70,7 @@ fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Back
             "http".to_owned()
         }
     };
+    let identity = backend.token_identity();
     let stores: Vec<_> = settings
         .key_stores
         .iter()
@@ -80,7 +81,9 @@ fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Back
         listen = %addr,
         transport,
         key_stores = %stores.join("; "),
-        hsm = %backend.token_identity(),
+        hsm_token = %identity.label,
+        hsm_serial = %identity.serial,
+        hsm_model = %format!("{} {}", identity.manufacturer, identity.model_description()),
         "xks-proxy started"
     );
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 with real TLS, and a real HTTP client that signs with SigV4.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod binary;
 pub mod bodies;
 pub mod client;
 pub mod pki;

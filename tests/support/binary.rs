@@ -1,0 +1,84 @@
+//! Runs the real `xks-proxy` binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::softhsm;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_xks-proxy");
+
+/// Runs a one-shot command against the test token.
+pub fn run(args: &[&str]) -> Output {
+    let token = softhsm::token();
+    Command::new(BIN).args(args).env("SOFTHSM2_CONF", &token.conf).output().unwrap()
+}
+
+/// A `serve` process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `xks-proxy serve --config <config>` and waits for its startup line.
+    pub fn start(config: &Path) -> Self {
+        let token = softhsm::token();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("SOFTHSM2_CONF", &token.conf)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = log.recv_timeout(left).expect("no startup line from xks-proxy serve");
+            if line.contains("xks-proxy started") {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let addr = value["listen"].as_str().unwrap().parse().unwrap();
+                return Self { child, addr, log };
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("xks-proxy did not stop within 10 s of SIGTERM");
+    }
+
+    /// Every log line printed so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
