@@ -57,9 +57,10 @@ pub enum KeysCommand {
         /// The key's label, used by KMS as `XksKeyId` (A-Z a-z 0-9 - . _, ≤ 128).
         #[arg(long)]
         label: String,
-        /// Comma-separated usages; empty for none.
-        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "encrypt,decrypt")]
-        usage: Vec<UsageArg>,
+        /// Comma-separated usages from encrypt, decrypt, wrap, unwrap, sign, verify, derive;
+        /// `none` (or an empty string) for a key that may do nothing.
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
     },
     /// List the secret keys on the token: label, type, size, usages.
     List {
@@ -69,37 +70,29 @@ pub enum KeysCommand {
     },
 }
 
-/// A key usage on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum UsageArg {
-    /// CKA_ENCRYPT.
-    Encrypt,
-    /// CKA_DECRYPT.
-    Decrypt,
-    /// CKA_WRAP.
-    Wrap,
-    /// CKA_UNWRAP.
-    Unwrap,
-    /// CKA_SIGN.
-    Sign,
-    /// CKA_VERIFY.
-    Verify,
-    /// CKA_DERIVE.
-    Derive,
-}
-
-impl From<UsageArg> for KeyUsage {
-    fn from(u: UsageArg) -> Self {
-        match u {
-            UsageArg::Encrypt => Self::Encrypt,
-            UsageArg::Decrypt => Self::Decrypt,
-            UsageArg::Wrap => Self::Wrap,
-            UsageArg::Unwrap => Self::Unwrap,
-            UsageArg::Sign => Self::Sign,
-            UsageArg::Verify => Self::Verify,
-            UsageArg::Derive => Self::Derive,
-        }
+/// Parses `--usage`: comma-separated names, `none` or empty for no usage at all.
+fn parse_usages(list: &str) -> Result<Vec<KeyUsage>, String> {
+    let mut usages = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
+        usages.push(match name.to_ascii_lowercase().as_str() {
+            "encrypt" => KeyUsage::Encrypt,
+            "decrypt" => KeyUsage::Decrypt,
+            "wrap" => KeyUsage::Wrap,
+            "unwrap" => KeyUsage::Unwrap,
+            "sign" => KeyUsage::Sign,
+            "verify" => KeyUsage::Verify,
+            "derive" => KeyUsage::Derive,
+            _ => {
+                return Err(format!(
+                    "--usage: unknown usage {name:?}; use encrypt, decrypt, wrap, unwrap, sign, \
+                     verify, derive or none"
+                ));
+            }
+        });
     }
+    usages.sort();
+    usages.dedup();
+    Ok(usages)
 }
 
 /// `credentials …`.
@@ -180,11 +173,9 @@ fn open_backend(path: &Path) -> Result<Arc<Pkcs11Backend>, String> {
         .map_err(|e| format!("cannot open the HSM: {e}"))
 }
 
-fn create_key(path: &Path, label: &str, usage: &[UsageArg]) -> Result<(), String> {
+fn create_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     let label = ExternalKeyId::parse(label).map_err(|e| format!("--label: {e}"))?;
-    let mut usages: Vec<KeyUsage> = usage.iter().copied().map(KeyUsage::from).collect();
-    usages.sort();
-    usages.dedup();
+    let usages = parse_usages(usage)?;
     let backend = open_backend(path)?;
     backend.create_key(&label, &usages).map_err(|e| format!("cannot create key {label}: {e}"))?;
     let names: Vec<_> = usages.iter().map(|u| u.as_str()).collect();

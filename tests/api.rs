@@ -373,11 +373,13 @@ async fn au_1_au_11_au_12_authentication_failures_are_401() {
     let mut slightly = client.clone();
     slightly.signing_time = Some(OffsetDateTime::now_utc() - time::Duration::seconds(240));
     slightly.post(path, &body).await.assert_ok();
-    // AU-8: the signature covers the exact body bytes.
+    // AU-8: the signature covers the exact body bytes; one flipped bit fails it.
     let mut tampered = client.clone();
-    tampered.sign_content_type = false;
-    let reply = tampered.send("POST", path, &[("content-type", "application/json")], &body).await;
-    reply.assert_ok();
+    tampered.tamper_after_signing = true;
+    let mut spaced = body.clone();
+    spaced.push(b' ');
+    tampered.post(path, &spaced).await.assert_error(401, "AuthenticationFailedException");
+    client.post(path, &spaced).await.assert_ok();
 }
 
 #[tokio::test]

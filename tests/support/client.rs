@@ -73,6 +73,8 @@ pub struct Client {
     pub sign_content_type: bool,
     /// Signing time; `None` is now.
     pub signing_time: Option<OffsetDateTime>,
+    /// Change one body byte after signing (AU-8 negative test).
+    pub tamper_after_signing: bool,
 }
 
 impl Client {
@@ -92,6 +94,7 @@ impl Client {
             host: format!("localhost:{}", addr.port()),
             sign_content_type: false,
             signing_time: None,
+            tamper_after_signing: false,
         }
     }
 
@@ -194,7 +197,12 @@ impl Connection {
             let (date, auth) = signer.sign(method, path, &client.host, &signed, body, when);
             builder = builder.header("x-amz-date", date).header("authorization", auth);
         }
-        let request = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+        let mut body = body.to_vec();
+        if client.tamper_after_signing {
+            let last = body.len() - 1;
+            body[last] ^= 0x01;
+        }
+        let request = builder.body(Full::new(Bytes::from(body))).unwrap();
         let response = tokio::time::timeout(Duration::from_secs(30), async {
             match self {
                 Self::H1(s) => s.send_request(request).await,

@@ -1,6 +1,6 @@
 //! Shared harness of the integration tests: a real SoftHSM2 token, a real server on
 //! 127.0.0.1:0 with real TLS, and a real HTTP client that signs with SigV4.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
 pub mod binary;
 pub mod bodies;
