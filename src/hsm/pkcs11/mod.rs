@@ -2,13 +2,13 @@
 //! GetKeyMetadata and GetHealthStatus, served by a real HSM through its PKCS#11 module).
 //!
 //! [`Pkcs11Backend::open`] loads the module, calls `C_Initialize` with OS locking, selects the
-//! token by label or serial, logs in as CKU_USER and starts the worker pool ([`pool`]). The
+//! token by label or serial, logs in as CKU_USER and starts the worker pool (`pool`). The
 //! module is initialised once per process: open one backend per module and keep it.
 //!
-//! Layout: [`errors`] classifies return values (with [`codes`] naming them), [`token`] selects
-//! the token and opens sessions, [`keys`] finds keys by label and caches handles, [`crypto`]
-//! runs AES-GCM, metadata and the health check, [`pool`] owns the worker threads and
-//! [`admin`] holds the blocking CLI calls.
+//! Layout: `errors` classifies return values (with `codes` naming them), `token` selects the
+//! token and opens sessions, `keys` finds keys by label and caches handles, `crypto` runs
+//! AES-GCM, metadata and the health check, `pool` owns the worker threads and `admin` holds
+//! the blocking CLI calls.
 
 mod admin;
 mod codes;
