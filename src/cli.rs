@@ -42,7 +42,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Configuration file (TOML); `XKS__SECTION__KEY` environment variables override it.
-    #[arg(long, short, env = "XKS_CONFIG", default_value = "/etc/xks-proxy/xks-proxy.toml")]
+    #[arg(
+        long,
+        short,
+        env = "XKS_CONFIG",
+        default_value = "/etc/xks-proxy/xks-proxy.toml"
+    )]
     pub config: PathBuf,
 }
 
@@ -51,7 +56,7 @@ pub struct ConfigArg {
 pub enum KeysCommand {
     /// Create an AES-256 token key: sensitive, non-extractable, with exactly the given usages.
     Create {
-        /// Configuration file whose [hsm] section names the module, token and PIN.
+        /// Configuration file whose `[hsm]` section names the module, token and PIN.
         #[command(flatten)]
         config: ConfigArg,
         /// The key's label, used by KMS as `XksKeyId` (A-Z a-z 0-9 - . _, ≤ 128).
@@ -64,7 +69,7 @@ pub enum KeysCommand {
     },
     /// List the secret keys on the token: label, type, size, usages.
     List {
-        /// Configuration file whose [hsm] section names the module, token and PIN.
+        /// Configuration file whose `[hsm]` section names the module, token and PIN.
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -73,7 +78,11 @@ pub enum KeysCommand {
 /// Parses `--usage`: comma-separated names, `none` or empty for no usage at all.
 fn parse_usages(list: &str) -> Result<Vec<KeyUsage>, String> {
     let mut usages = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
+    for name in list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && *n != "none")
+    {
         usages.push(match name.to_ascii_lowercase().as_str() {
             "encrypt" => KeyUsage::Encrypt,
             "decrypt" => KeyUsage::Decrypt,
@@ -125,9 +134,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args.config),
         Command::CheckConfig(args) => check_config(&args.config),
-        Command::Keys(KeysCommand::Create { config, label, usage }) => {
-            create_key(&config.config, &label, &usage)
-        }
+        Command::Keys(KeysCommand::Create {
+            config,
+            label,
+            usage,
+        }) => create_key(&config.config, &label, &usage),
         Command::Keys(KeysCommand::List { config }) => list_keys(&config.config),
         Command::Credentials(CredentialsCommand::New { prefix, output }) => {
             new_credentials(&prefix, output)
@@ -177,20 +188,35 @@ fn create_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     let label = ExternalKeyId::parse(label).map_err(|e| format!("--label: {e}"))?;
     let usages = parse_usages(usage)?;
     let backend = open_backend(path)?;
-    backend.create_key(&label, &usages).map_err(|e| format!("cannot create key {label}: {e}"))?;
+    backend
+        .create_key(&label, &usages)
+        .map_err(|e| format!("cannot create key {label}: {e}"))?;
     let names: Vec<_> = usages.iter().map(|u| u.as_str()).collect();
-    println!("created AES-256 key {label} with usages [{}]", names.join(","));
+    println!(
+        "created AES-256 key {label} with usages [{}]",
+        names.join(",")
+    );
     Ok(())
 }
 
 fn list_keys(path: &Path) -> Result<(), String> {
     let backend = open_backend(path)?;
-    let keys = backend.list_keys().map_err(|e| format!("cannot list keys: {e}"))?;
+    let keys = backend
+        .list_keys()
+        .map_err(|e| format!("cannot list keys: {e}"))?;
     println!("{:<40} {:<12} USAGES", "LABEL", "KEY SPEC");
     for key in keys {
         let usages: Vec<_> = key.usages.iter().map(|u| u.as_str()).collect();
-        let usages = if usages.is_empty() { "-".to_owned() } else { usages.join(",") };
-        let note = if key.health_check { "  (health-check key, not served to KMS)" } else { "" };
+        let usages = if usages.is_empty() {
+            "-".to_owned()
+        } else {
+            usages.join(",")
+        };
+        let note = if key.health_check {
+            "  (health-check key, not served to KMS)"
+        } else {
+            ""
+        };
         println!("{:<40} {:<12} {usages}{note}", key.label, key.spec.as_str());
     }
     Ok(())
@@ -204,8 +230,10 @@ fn new_credentials(prefix: &str, output: CredentialOutput) -> Result<(), String>
     let mut random = [0u8; 20 + 32];
     getrandom::fill(&mut random).map_err(|e| format!("no randomness: {e}"))?;
     // 20 characters × 5 bits: the alphabet has exactly 32 symbols, so `% 32` is unbiased.
-    let id: String =
-        random[..20].iter().map(|b| char::from(ACCESS_KEY_ALPHABET[usize::from(b % 32)])).collect();
+    let id: String = random[..20]
+        .iter()
+        .map(|b| char::from(ACCESS_KEY_ALPHABET[usize::from(b % 32)]))
+        .collect();
     let id = AccessKeyId::parse(&id).map_err(|e| format!("generated id invalid: {e}"))?;
     // 256 bits of entropy, 44 Base64 characters (AU-14).
     let secret = crate::xks::wire::b64(&random[20..]);
@@ -214,7 +242,8 @@ fn new_credentials(prefix: &str, output: CredentialOutput) -> Result<(), String>
         "XksProxyUriPath": prefix.uri_path(),
         "XksProxyAuthenticationCredential": { "AccessKeyId": id.as_str(), "RawSecretAccessKey": secret },
     });
-    let toml = format!("[[key_stores.credentials]]\naccess_key_id = \"{id}\"\nsecret = \"{secret}\"");
+    let toml =
+        format!("[[key_stores.credentials]]\naccess_key_id = \"{id}\"\nsecret = \"{secret}\"");
     match output {
         CredentialOutput::Toml => println!("{toml}"),
         CredentialOutput::ConsoleJson => println!("{console}"),
@@ -230,16 +259,25 @@ fn new_credentials(prefix: &str, output: CredentialOutput) -> Result<(), String>
 
 /// Logging for one-shot commands: warnings only, to stderr.
 fn init_cli_logging() {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("warn").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("warn")
+        .try_init();
 }
 
 /// Installs the global tracing subscriber for `serve`.
 pub(crate) fn init_logging(settings: &Settings) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
         .map_err(|e| format!("logging.level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let result = match settings.logging.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))

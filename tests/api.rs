@@ -2,6 +2,9 @@
 //! token. Each test names the checklist IDs it covers and asserts exact statuses, exact
 //! `errorName`s and round-trip bytes.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use serde_json::json;
@@ -26,12 +29,20 @@ fn ed_key() -> String {
 #[tokio::test]
 async fn h_2_h_6_h_7_h_12_h_17_health_is_a_deep_check_with_the_spec_shape() {
     let proxy = Proxy::start().await;
-    let reply = proxy.client().post("/tenant-a/kms/xks/v1/health", &bodies::health()).await;
+    let reply = proxy
+        .client()
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await;
     let body = reply.assert_ok();
     assert!(reply.text().contains("\"healthStatus\":"));
     assert_eq!(body["xksProxyFleetSize"], json!(2));
     assert_eq!(body["xksProxyVendor"], "xks-proxy");
-    assert!(body["xksProxyModel"].as_str().unwrap().starts_with("xks-proxy "));
+    assert!(
+        body["xksProxyModel"]
+            .as_str()
+            .unwrap()
+            .starts_with("xks-proxy ")
+    );
     assert_eq!(body["ekmVendor"], "SoftHSM project");
     let fleet = body["ekmFleetDetails"].as_array().unwrap();
     assert_eq!(fleet.len(), 1);
@@ -45,11 +56,17 @@ async fn h_18_err_3_g_7_malformed_health_requests_are_validation_errors() {
     let proxy = Proxy::start().await;
     let client = proxy.client();
     for body in [&b"{}"[..], br#"{"requestMetadata":{}}"#, b"not json"] {
-        client.post("/tenant-a/kms/xks/v1/health", body).await.assert_error(400, "ValidationException");
+        client
+            .post("/tenant-a/kms/xks/v1/health", body)
+            .await
+            .assert_error(400, "ValidationException");
     }
     // H-5, G-4: an unlisted kmsOperation is accepted.
     let odd = br#"{"requestMetadata":{"kmsRequestId":"x","kmsOperation":"SomethingNew"}}"#;
-    client.post("/tenant-a/kms/xks/v1/health", odd).await.assert_ok();
+    client
+        .post("/tenant-a/kms/xks/v1/health", odd)
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
@@ -57,17 +74,36 @@ async fn k_1_to_k_7_metadata_reports_the_keys_real_attributes() {
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let cases = [
-        (vec![KeyUsage::Encrypt, KeyUsage::Decrypt], json!(["ENCRYPT", "DECRYPT"])),
+        (
+            vec![KeyUsage::Encrypt, KeyUsage::Decrypt],
+            json!(["ENCRYPT", "DECRYPT"]),
+        ),
         (vec![KeyUsage::Encrypt], json!(["ENCRYPT"])),
         (vec![KeyUsage::Decrypt], json!(["DECRYPT"])),
         (vec![], json!([])),
-        (vec![KeyUsage::Encrypt, KeyUsage::Decrypt, KeyUsage::Wrap, KeyUsage::Unwrap], json!(["ENCRYPT", "DECRYPT", "WRAP", "UNWRAP"])),
+        (
+            vec![
+                KeyUsage::Encrypt,
+                KeyUsage::Decrypt,
+                KeyUsage::Wrap,
+                KeyUsage::Unwrap,
+            ],
+            json!(["ENCRYPT", "DECRYPT", "WRAP", "UNWRAP"]),
+        ),
     ];
     for (usages, expected) in cases {
         let key = create_key("meta", &usages);
-        let reply = client.post(&key_path("/tenant-a", &key, "metadata"), &bodies::metadata()).await;
+        let reply = client
+            .post(
+                &key_path("/tenant-a", &key, "metadata"),
+                &bodies::metadata(),
+            )
+            .await;
         let body = reply.assert_ok();
-        assert_eq!(body, json!({"keySpec": "AES_256", "keyUsage": expected, "keyStatus": "ENABLED"}));
+        assert_eq!(
+            body,
+            json!({"keySpec": "AES_256", "keyUsage": expected, "keyStatus": "ENABLED"})
+        );
     }
 }
 
@@ -79,13 +115,22 @@ async fn g_5_g_4_extra_metadata_fields_and_unlisted_operations_are_accepted() {
         "awsPrincipalArn": "AWS Internal", "kmsOperation": "DescribeKey", "kmsRequestId": "not-a-uuid",
         "kmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/x", "kmsViaService": "ebs",
         "kmsRecipientAttestationImageSha384": "abc"}, "futureTopLevel": true});
-    let reply = proxy.client().post(&key_path("/tenant-a", &key, "metadata"), body.to_string().as_bytes()).await;
+    let reply = proxy
+        .client()
+        .post(
+            &key_path("/tenant-a", &key, "metadata"),
+            body.to_string().as_bytes(),
+        )
+        .await;
     assert_eq!(reply.assert_ok()["keySpec"], "AES_256");
     // G-7: a missing REQUIRED field is a ValidationException.
     let missing = json!({"requestMetadata": {"kmsOperation": "CreateKey", "kmsRequestId": "r"}});
     proxy
         .client()
-        .post(&key_path("/tenant-a", &key, "metadata"), missing.to_string().as_bytes())
+        .post(
+            &key_path("/tenant-a", &key, "metadata"),
+            missing.to_string().as_bytes(),
+        )
         .await
         .assert_error(400, "ValidationException");
 }
@@ -95,7 +140,12 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
     let proxy = Proxy::start().await;
     let key = ed_key();
     for client in [proxy.client(), proxy.client().http2()] {
-        let reply = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"Hello World!", Some(AAD), false)).await;
+        let reply = client
+            .post(
+                &key_path("/tenant-a", &key, "encrypt"),
+                &bodies::encrypt(b"Hello World!", Some(AAD), false),
+            )
+            .await;
         let enc = reply.assert_ok();
         assert!(reply.text().contains("\"ciphertext\":"));
         let keys: Vec<_> = enc.as_object().unwrap().keys().cloned().collect();
@@ -106,7 +156,12 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
         assert_ne!(unb64(&enc["ciphertext"]), b"Hello World!");
 
         let dec = bodies::decrypt_from(&enc, Some(AAD));
-        let reply = client.post(&key_path("/tenant-a", &key, "decrypt"), dec.to_string().as_bytes()).await;
+        let reply = client
+            .post(
+                &key_path("/tenant-a", &key, "decrypt"),
+                dec.to_string().as_bytes(),
+            )
+            .await;
         assert_eq!(unb64(&reply.assert_ok()["plaintext"]), b"Hello World!");
     }
 }
@@ -118,7 +173,13 @@ async fn e_11_every_encryption_gets_a_fresh_iv() {
     let client = proxy.client();
     let mut ivs = std::collections::HashSet::new();
     for _ in 0..20 {
-        let enc = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"same", None, false)).await.assert_ok();
+        let enc = client
+            .post(
+                &key_path("/tenant-a", &key, "encrypt"),
+                &bodies::encrypt(b"same", None, false),
+            )
+            .await
+            .assert_ok();
         assert!(ivs.insert(unb64(&enc["initializationVector"])), "IV reused");
     }
 }
@@ -132,14 +193,26 @@ async fn e_16_tr_11_tr_12_largest_spec_inputs_round_trip() {
     let aad: Vec<u8> = (0..8192u32).map(|i| (i * 13 % 253) as u8).collect();
     let long_arn = format!("arn:aws:iam::123456789012:role/{}", "r".repeat(2048 - 31));
     assert_eq!(long_arn.len(), 2048);
-    let mut body: serde_json::Value = serde_json::from_slice(&bodies::encrypt(&plaintext, Some(&aad), true)).unwrap();
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&bodies::encrypt(&plaintext, Some(&aad), true)).unwrap();
     body["requestMetadata"]["awsPrincipalArn"] = json!(long_arn);
     body["requestMetadata"]["kmsKeyArn"] = json!(long_arn);
-    let enc = client.post(&key_path("/tenant-a", &key, "encrypt"), body.to_string().as_bytes()).await.assert_ok();
+    let enc = client
+        .post(
+            &key_path("/tenant-a", &key, "encrypt"),
+            body.to_string().as_bytes(),
+        )
+        .await
+        .assert_ok();
     assert_eq!(unb64(&enc["ciphertext"]).len(), 4300);
     let mut dec = bodies::decrypt_from(&enc, Some(&aad));
     dec["requestMetadata"]["awsPrincipalArn"] = json!(long_arn);
-    let reply = client.post(&key_path("/tenant-a", &key, "decrypt"), dec.to_string().as_bytes()).await;
+    let reply = client
+        .post(
+            &key_path("/tenant-a", &key, "decrypt"),
+            dec.to_string().as_bytes(),
+        )
+        .await;
     assert_eq!(unb64(&reply.assert_ok()["plaintext"]), plaintext);
 }
 
@@ -149,7 +222,12 @@ async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
     let key = ed_key();
     let client = proxy.client();
     for aad in [Some(AAD), None] {
-        let reply = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"Hello World!", aad, true)).await;
+        let reply = client
+            .post(
+                &key_path("/tenant-a", &key, "encrypt"),
+                &bodies::encrypt(b"Hello World!", aad, true),
+            )
+            .await;
         let enc = reply.assert_ok();
         assert!(reply.text().contains("\"ciphertextDataIntegrityValue\":"));
         let mut hash = Sha256::new();
@@ -157,7 +235,10 @@ async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
         hash.update(unb64(&enc["initializationVector"]));
         hash.update(unb64(&enc["ciphertext"]));
         hash.update(unb64(&enc["authenticationTag"]));
-        assert_eq!(enc["ciphertextDataIntegrityValue"], json!(b64(&hash.finalize())));
+        assert_eq!(
+            enc["ciphertextDataIntegrityValue"],
+            json!(b64(&hash.finalize()))
+        );
     }
 }
 
@@ -170,20 +251,62 @@ async fn cdiv_8_d_11_e_key_usage_is_enforced_by_the_hsm() {
     let neither = create_key("no-usage", &[]);
     let both = ed_key();
 
-    let enc = client.post(&key_path("/tenant-a", &encrypt_only, "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_ok();
+    let enc = client
+        .post(
+            &key_path("/tenant-a", &encrypt_only, "encrypt"),
+            &bodies::encrypt(b"x", None, false),
+        )
+        .await
+        .assert_ok();
     // D-11: decrypt with an encrypt-only key.
     let dec = bodies::decrypt_from(&enc, None);
-    client.post(&key_path("/tenant-a", &encrypt_only, "decrypt"), dec.to_string().as_bytes()).await.assert_error(400, "InvalidKeyUsageException");
+    client
+        .post(
+            &key_path("/tenant-a", &encrypt_only, "decrypt"),
+            dec.to_string().as_bytes(),
+        )
+        .await
+        .assert_error(400, "InvalidKeyUsageException");
     // CDIV-8: the verification decrypt is not permitted on an encrypt-only key.
-    client.post(&key_path("/tenant-a", &encrypt_only, "encrypt"), &bodies::encrypt(b"x", None, true)).await.assert_error(400, "InvalidKeyUsageException");
+    client
+        .post(
+            &key_path("/tenant-a", &encrypt_only, "encrypt"),
+            &bodies::encrypt(b"x", None, true),
+        )
+        .await
+        .assert_error(400, "InvalidKeyUsageException");
     for key in [&decrypt_only, &neither] {
-        client.post(&key_path("/tenant-a", key, "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_error(400, "InvalidKeyUsageException");
+        client
+            .post(
+                &key_path("/tenant-a", key, "encrypt"),
+                &bodies::encrypt(b"x", None, false),
+            )
+            .await
+            .assert_error(400, "InvalidKeyUsageException");
     }
     // A ciphertext of another key decrypts with a decrypt-only key only if it is that key's.
-    let enc = client.post(&key_path("/tenant-a", &both, "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_ok();
+    let enc = client
+        .post(
+            &key_path("/tenant-a", &both, "encrypt"),
+            &bodies::encrypt(b"x", None, false),
+        )
+        .await
+        .assert_ok();
     let dec = bodies::decrypt_from(&enc, None);
-    client.post(&key_path("/tenant-a", &neither, "decrypt"), dec.to_string().as_bytes()).await.assert_error(400, "InvalidKeyUsageException");
-    client.post(&key_path("/tenant-a", &decrypt_only, "decrypt"), dec.to_string().as_bytes()).await.assert_error(400, "InvalidCiphertextException");
+    client
+        .post(
+            &key_path("/tenant-a", &neither, "decrypt"),
+            dec.to_string().as_bytes(),
+        )
+        .await
+        .assert_error(400, "InvalidKeyUsageException");
+    client
+        .post(
+            &key_path("/tenant-a", &decrypt_only, "decrypt"),
+            dec.to_string().as_bytes(),
+        )
+        .await
+        .assert_error(400, "InvalidCiphertextException");
 }
 
 #[tokio::test]
@@ -192,11 +315,20 @@ async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
     let key = ed_key();
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "decrypt");
-    let enc = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"Hello World!", Some(AAD), false)).await.assert_ok();
+    let enc = client
+        .post(
+            &key_path("/tenant-a", &key, "encrypt"),
+            &bodies::encrypt(b"Hello World!", Some(AAD), false),
+        )
+        .await
+        .assert_ok();
 
     let mut cases = vec![
         ("no AAD", bodies::decrypt_from(&enc, None)),
-        ("other AAD", bodies::decrypt_from(&enc, Some(b"project=nile,department=sales"))),
+        (
+            "other AAD",
+            bodies::decrypt_from(&enc, Some(b"project=nile,department=sales")),
+        ),
     ];
     let mut with_ctm = bodies::decrypt_from(&enc, Some(AAD));
     with_ctm["ciphertextMetadata"] = json!(b64(b"key_version=1"));
@@ -209,16 +341,31 @@ async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
         cases.push((field, body));
     }
     // AAD-3: the AAD moved into the metadata slot must not authenticate.
-    let enc2 = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"x", Some(b"m"), false)).await.assert_ok();
+    let enc2 = client
+        .post(
+            &key_path("/tenant-a", &key, "encrypt"),
+            &bodies::encrypt(b"x", Some(b"m"), false),
+        )
+        .await
+        .assert_ok();
     let mut swapped = bodies::decrypt_from(&enc2, None);
     swapped["ciphertextMetadata"] = json!(b64(b"m"));
     cases.push(("aad as metadata", swapped));
     for (what, body) in cases {
         let reply = client.post(&path, body.to_string().as_bytes()).await;
-        assert_eq!((reply.status, reply.error_name()), (400, "InvalidCiphertextException".to_owned()), "{what}");
+        assert_eq!(
+            (reply.status, reply.error_name()),
+            (400, "InvalidCiphertextException".to_owned()),
+            "{what}"
+        );
     }
     // And the untouched request still decrypts.
-    let ok = client.post(&path, bodies::decrypt_from(&enc, Some(AAD)).to_string().as_bytes()).await;
+    let ok = client
+        .post(
+            &path,
+            bodies::decrypt_from(&enc, Some(AAD)).to_string().as_bytes(),
+        )
+        .await;
     assert_eq!(unb64(&ok.assert_ok()["plaintext"]), b"Hello World!");
 }
 
@@ -228,19 +375,43 @@ async fn d_2_d_6_d_7_malformed_iv_tag_and_metadata_are_rejected_before_the_hsm()
     let key = ed_key();
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "decrypt");
-    let enc = client.post(&key_path("/tenant-a", &key, "encrypt"), &bodies::encrypt(b"abc", None, false)).await.assert_ok();
+    let enc = client
+        .post(
+            &key_path("/tenant-a", &key, "encrypt"),
+            &bodies::encrypt(b"abc", None, false),
+        )
+        .await
+        .assert_ok();
     let with = |field: &str, value: serde_json::Value| {
         let mut body = bodies::decrypt_from(&enc, None);
         body[field] = value;
         body.to_string().into_bytes()
     };
-    client.post(&path, &with("initializationVector", json!(b64(&[0; 8])))).await.assert_error(400, "InvalidCiphertextException");
-    client.post(&path, &with("authenticationTag", json!(b64(&[0; 15])))).await.assert_error(400, "InvalidCiphertextException");
+    client
+        .post(&path, &with("initializationVector", json!(b64(&[0; 8]))))
+        .await
+        .assert_error(400, "InvalidCiphertextException");
+    client
+        .post(&path, &with("authenticationTag", json!(b64(&[0; 15]))))
+        .await
+        .assert_error(400, "InvalidCiphertextException");
     // D-6: a 16-byte IV is accepted and reaches the HSM (here it cannot authenticate).
-    client.post(&path, &with("initializationVector", json!(b64(&[7; 16])))).await.assert_error(400, "InvalidCiphertextException");
-    client.post(&path, &with("ciphertextMetadata", json!(b64(&[1; 21])))).await.assert_error(400, "ValidationException");
-    client.post(&path, &with("ciphertext", json!("not base64!"))).await.assert_error(400, "ValidationException");
-    client.post(&path, &with("encryptionAlgorithm", json!("AES_CBC"))).await.assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("initializationVector", json!(b64(&[7; 16]))))
+        .await
+        .assert_error(400, "InvalidCiphertextException");
+    client
+        .post(&path, &with("ciphertextMetadata", json!(b64(&[1; 21]))))
+        .await
+        .assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("ciphertext", json!("not base64!")))
+        .await
+        .assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("encryptionAlgorithm", json!("AES_CBC")))
+        .await
+        .assert_error(400, "ValidationException");
 }
 
 #[tokio::test]
@@ -249,44 +420,108 @@ async fn e_3_e_5_e_18_encrypt_input_validation() {
     let key = ed_key();
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "encrypt");
-    let base: serde_json::Value = serde_json::from_slice(&bodies::encrypt(b"abc", None, false)).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_slice(&bodies::encrypt(b"abc", None, false)).unwrap();
     let with = |field: &str, value: serde_json::Value| {
         let mut body = base.clone();
         body[field] = value;
         body.to_string().into_bytes()
     };
-    client.post(&path, &with("encryptionAlgorithm", json!("AES_CBC"))).await.assert_error(400, "ValidationException");
-    client.post(&path, &with("ciphertextDataIntegrityValueAlgorithm", json!("SHA_512"))).await.assert_error(400, "ValidationException");
-    client.post(&path, &with("plaintext", json!("SGVsbG8"))).await.assert_error(400, "ValidationException");
-    client.post(&path, &with("plaintext", json!(null))).await.assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("encryptionAlgorithm", json!("AES_CBC")))
+        .await
+        .assert_error(400, "ValidationException");
+    client
+        .post(
+            &path,
+            &with("ciphertextDataIntegrityValueAlgorithm", json!("SHA_512")),
+        )
+        .await
+        .assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("plaintext", json!("SGVsbG8")))
+        .await
+        .assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("plaintext", json!(null)))
+        .await
+        .assert_error(400, "ValidationException");
     // E-18: an empty plaintext is refused (KMS never sends one).
-    client.post(&path, &with("plaintext", json!(""))).await.assert_error(400, "ValidationException");
+    client
+        .post(&path, &with("plaintext", json!("")))
+        .await
+        .assert_error(400, "ValidationException");
     // G-9: an empty AAD string is the same as no AAD.
-    let enc = client.post(&path, &with("additionalAuthenticatedData", json!(""))).await.assert_ok();
+    let enc = client
+        .post(&path, &with("additionalAuthenticatedData", json!("")))
+        .await
+        .assert_ok();
     let dec = bodies::decrypt_from(&enc, None);
-    client.post(&key_path("/tenant-a", &key, "decrypt"), dec.to_string().as_bytes()).await.assert_ok();
+    client
+        .post(
+            &key_path("/tenant-a", &key, "decrypt"),
+            dec.to_string().as_bytes(),
+        )
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
 async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
     let proxy = Proxy::start().await;
     let client = proxy.client();
-    client.post(&key_path("/tenant-a", "no-such-key", "metadata"), &bodies::metadata()).await.assert_error(404, "KeyNotFoundException");
-    client.post(&key_path("/tenant-a", "no-such-key", "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_error(404, "KeyNotFoundException");
+    client
+        .post(
+            &key_path("/tenant-a", "no-such-key", "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
+    client
+        .post(
+            &key_path("/tenant-a", "no-such-key", "encrypt"),
+            &bodies::encrypt(b"x", None, false),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
     // The health-check key is never a customer key (H-3).
-    client.post(&key_path("/tenant-a", softhsm::HEALTH_KEY, "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_error(404, "KeyNotFoundException");
+    client
+        .post(
+            &key_path("/tenant-a", softhsm::HEALTH_KEY, "encrypt"),
+            &bodies::encrypt(b"x", None, false),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
 
     // URI-8: a second object with the same label makes the id ambiguous; never guess.
     let label = ed_key();
     pkcs11_tool_keygen(&label, "AES:32");
-    client.post(&key_path("/tenant-a", &label, "metadata"), &bodies::metadata()).await.assert_error(404, "KeyNotFoundException");
+    client
+        .post(
+            &key_path("/tenant-a", &label, "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
 
     // K-2: a 128-bit AES key is reported truthfully and refused for crypto.
     let small = softhsm::unique_label("aes128");
     pkcs11_tool_keygen(&small, "AES:16");
-    let body = client.post(&key_path("/tenant-a", &small, "metadata"), &bodies::metadata()).await.assert_ok();
+    let body = client
+        .post(
+            &key_path("/tenant-a", &small, "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_ok();
     assert_eq!(body["keySpec"], "AES_128");
-    client.post(&key_path("/tenant-a", &small, "encrypt"), &bodies::encrypt(b"x", None, false)).await.assert_error(400, "InvalidKeyUsageException");
+    client
+        .post(
+            &key_path("/tenant-a", &small, "encrypt"),
+            &bodies::encrypt(b"x", None, false),
+        )
+        .await
+        .assert_error(400, "InvalidKeyUsageException");
 }
 
 /// Creates a key with OpenSC's pkcs11-tool, an independent PKCS#11 client.
@@ -294,11 +529,30 @@ fn pkcs11_tool_keygen(label: &str, key_type: &str) {
     let token = softhsm::token();
     let out = std::process::Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &token.conf)
-        .args(["--module", softhsm::MODULE, "--token-label", softhsm::TOKEN_LABEL, "--login", "--pin", softhsm::USER_PIN])
-        .args(["--keygen", "--key-type", key_type, "--label", label, "--usage-decrypt"])
+        .args([
+            "--module",
+            softhsm::MODULE,
+            "--token-label",
+            softhsm::TOKEN_LABEL,
+            "--login",
+            "--pin",
+            softhsm::USER_PIN,
+        ])
+        .args([
+            "--keygen",
+            "--key-type",
+            key_type,
+            "--label",
+            label,
+            "--usage-decrypt",
+        ])
         .output()
         .expect("pkcs11-tool (opensc) must be installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -323,8 +577,16 @@ async fn uri_10_uri_11_au_12_invalid_paths_are_404_before_authentication() {
     ];
     for path in &paths {
         // Correctly signed for that path, and unsigned: both 404.
-        client.post(path, &bodies::health()).await.assert_error(404, "InvalidUriPathException");
-        client.clone().signer(None).post(path, &bodies::health()).await.assert_error(404, "InvalidUriPathException");
+        client
+            .post(path, &bodies::health())
+            .await
+            .assert_error(404, "InvalidUriPathException");
+        client
+            .clone()
+            .signer(None)
+            .post(path, &bodies::health())
+            .await
+            .assert_error(404, "InvalidUriPathException");
     }
 }
 
@@ -333,12 +595,16 @@ async fn mth_2_mth_3_lb_1_non_post_is_405_and_ping_is_open() {
     let proxy = Proxy::start().await;
     let client = proxy.client().signer(None);
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
-        let reply = client.send(method, "/tenant-a/kms/xks/v1/health", &[], b"").await;
+        let reply = client
+            .send(method, "/tenant-a/kms/xks/v1/health", &[], b"")
+            .await;
         assert_eq!(reply.status, 405, "{method}");
         assert_eq!(reply.headers["allow"], "POST");
         assert_eq!(reply.headers["content-type"], "application/json");
         assert!(reply.json()["errorName"].is_string());
-        let reply = client.send(method, "/tenant-a/kms/xks/v1/keys/k/encrypt", &[], b"").await;
+        let reply = client
+            .send(method, "/tenant-a/kms/xks/v1/keys/k/encrypt", &[], b"")
+            .await;
         assert_eq!(reply.status, 405, "{method}");
     }
     let ping = client.send("GET", "/ping", &[], b"").await;
@@ -353,22 +619,42 @@ async fn au_1_au_11_au_12_authentication_failures_are_401() {
     let path = "/tenant-a/kms/xks/v1/health";
     let body = bodies::health();
     let client = proxy.client();
-    client.clone().signer(None).post(path, &body).await.assert_error(401, "AuthenticationFailedException");
+    client
+        .clone()
+        .signer(None)
+        .post(path, &body)
+        .await
+        .assert_error(401, "AuthenticationFailedException");
     let unknown = Signer::new(&format!("Invalid{}", support::AKID_A1), support::SECRET_A1);
     let bad_secret = Signer::new(support::AKID_A1, SECRET_B);
     let unknown_reply = client.clone().signer(Some(unknown)).post(path, &body).await;
-    let bad_secret_reply = client.clone().signer(Some(bad_secret)).post(path, &body).await;
+    let bad_secret_reply = client
+        .clone()
+        .signer(Some(bad_secret))
+        .post(path, &body)
+        .await;
     unknown_reply.assert_error(401, "AuthenticationFailedException");
     bad_secret_reply.assert_error(401, "AuthenticationFailedException");
-    assert_eq!(unknown_reply.body, bad_secret_reply.body, "unknown id and bad signature must look alike");
+    assert_eq!(
+        unknown_reply.body, bad_secret_reply.body,
+        "unknown id and bad signature must look alike"
+    );
     let mut wrong_service = Signer::new(support::AKID_A1, support::SECRET_A1);
     wrong_service.service = "kms".into();
-    client.clone().signer(Some(wrong_service)).post(path, &body).await.assert_error(401, "AuthenticationFailedException");
+    client
+        .clone()
+        .signer(Some(wrong_service))
+        .post(path, &body)
+        .await
+        .assert_error(401, "AuthenticationFailedException");
     // AU-11: ±5 minutes.
     for skew in [-360i64, 360] {
         let mut skewed = client.clone();
         skewed.signing_time = Some(OffsetDateTime::now_utc() + time::Duration::seconds(skew));
-        skewed.post(path, &body).await.assert_error(401, "AuthenticationFailedException");
+        skewed
+            .post(path, &body)
+            .await
+            .assert_error(401, "AuthenticationFailedException");
     }
     let mut slightly = client.clone();
     slightly.signing_time = Some(OffsetDateTime::now_utc() - time::Duration::seconds(240));
@@ -378,7 +664,10 @@ async fn au_1_au_11_au_12_authentication_failures_are_401() {
     tampered.tamper_after_signing = true;
     let mut spaced = body.clone();
     spaced.push(b' ');
-    tampered.post(path, &spaced).await.assert_error(401, "AuthenticationFailedException");
+    tampered
+        .post(path, &spaced)
+        .await
+        .assert_error(401, "AuthenticationFailedException");
     client.post(path, &spaced).await.assert_ok();
 }
 
@@ -394,8 +683,12 @@ async fn rot_1_au_13_two_credentials_per_store_and_no_crossing_between_stores() 
     a1.post(path_a, &body).await.assert_ok();
     a2.post(path_a, &body).await.assert_ok();
     b.post(path_b, &body).await.assert_ok();
-    b.post(path_a, &body).await.assert_error(401, "AuthenticationFailedException");
-    a1.post(path_b, &body).await.assert_error(401, "AuthenticationFailedException");
+    b.post(path_a, &body)
+        .await
+        .assert_error(401, "AuthenticationFailedException");
+    a1.post(path_b, &body)
+        .await
+        .assert_error(401, "AuthenticationFailedException");
 }
 
 #[tokio::test]
@@ -404,33 +697,72 @@ async fn au_6_au_7_curl_style_signed_content_type_and_host_with_port() {
     let mut client = proxy.client();
     client.sign_content_type = true;
     assert!(client.host.contains(':'), "host carries the port");
-    client.post("/tenant-a/kms/xks/v1/health", &bodies::health()).await.assert_ok();
-    client.http2().post("/tenant-a/kms/xks/v1/health", &bodies::health()).await.assert_ok();
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    client
+        .http2()
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
 async fn au_4_region_allowlist_per_store() {
-    let proxy = ProxyBuilder { store_a_extra: "allowed_regions = [\"eu-west-1\"]".into(), ..Default::default() }.start().await;
+    let proxy = ProxyBuilder {
+        store_a_extra: "allowed_regions = [\"eu-west-1\"]".into(),
+        ..Default::default()
+    }
+    .start()
+    .await;
     let path = "/tenant-a/kms/xks/v1/health";
-    proxy.client().post(path, &bodies::health()).await.assert_error(401, "AuthenticationFailedException");
+    proxy
+        .client()
+        .post(path, &bodies::health())
+        .await
+        .assert_error(401, "AuthenticationFailedException");
     let mut eu = Signer::new(support::AKID_A1, support::SECRET_A1);
     eu.region = "eu-west-1".into();
-    proxy.client().signer(Some(eu)).post(path, &bodies::health()).await.assert_ok();
+    proxy
+        .client()
+        .signer(Some(eu))
+        .post(path, &bodies::health())
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
 async fn tr_12_e_17_sizes_above_our_limits_are_unsupported() {
-    let limits = "max_body_bytes = 65536\nmax_plaintext_bytes = 4300\nmax_aad_bytes = 8192".to_owned();
-    let proxy = ProxyBuilder { limits, ..Default::default() }.start().await;
+    let limits =
+        "max_body_bytes = 65536\nmax_plaintext_bytes = 4300\nmax_aad_bytes = 8192".to_owned();
+    let proxy = ProxyBuilder {
+        limits,
+        ..Default::default()
+    }
+    .start()
+    .await;
     let key = ed_key();
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "encrypt");
-    client.post(&path, &bodies::encrypt(&[1; 4301], None, false)).await.assert_error(501, "UnsupportedOperationException");
-    client.post(&path, &bodies::encrypt(&[1; 10], Some(&[2; 8193]), false)).await.assert_error(501, "UnsupportedOperationException");
+    client
+        .post(&path, &bodies::encrypt(&[1; 4301], None, false))
+        .await
+        .assert_error(501, "UnsupportedOperationException");
+    client
+        .post(&path, &bodies::encrypt(&[1; 10], Some(&[2; 8193]), false))
+        .await
+        .assert_error(501, "UnsupportedOperationException");
     let huge = vec![b' '; 70_000];
-    client.post(&path, &huge).await.assert_error(501, "UnsupportedOperationException");
+    client
+        .post(&path, &huge)
+        .await
+        .assert_error(501, "UnsupportedOperationException");
     // The spec minimums still pass at these limits.
-    client.post(&path, &bodies::encrypt(&[1; 4300], Some(&[2; 8192]), true)).await.assert_ok();
+    client
+        .post(&path, &bodies::encrypt(&[1; 4300], Some(&[2; 8192]), true))
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
@@ -438,9 +770,23 @@ async fn mth_4_content_type_must_be_json() {
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let path = "/tenant-a/kms/xks/v1/health";
-    let reply = client.send("POST", path, &[("content-type", "text/plain")], &bodies::health()).await;
+    let reply = client
+        .send(
+            "POST",
+            path,
+            &[("content-type", "text/plain")],
+            &bodies::health(),
+        )
+        .await;
     reply.assert_error(400, "ValidationException");
-    let reply = client.send("POST", path, &[("content-type", "application/json; charset=utf-8")], &bodies::health()).await;
+    let reply = client
+        .send(
+            "POST",
+            path,
+            &[("content-type", "application/json; charset=utf-8")],
+            &bodies::health(),
+        )
+        .await;
     reply.assert_ok();
 }
 
@@ -456,31 +802,75 @@ async fn uri_3_disabled_stores_and_key_allowlists() {
     }
     .start()
     .await;
-    let off = proxy.client().signer(Some(Signer::new("DDDDDDDDDDDDDDDDDDDDDDDD", "ZGlzYWJsZWQtc3RvcmUtc2VjcmV0LXZhbHVlLWxvbmctZW5vdWdo")));
-    off.post("/off/kms/xks/v1/health", &bodies::health()).await.assert_error(400, "InvalidStateException");
+    let off = proxy.client().signer(Some(Signer::new(
+        "DDDDDDDDDDDDDDDDDDDDDDDD",
+        "ZGlzYWJsZWQtc3RvcmUtc2VjcmV0LXZhbHVlLWxvbmctZW5vdWdo",
+    )));
+    off.post("/off/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(400, "InvalidStateException");
     let client = proxy.client();
-    client.post(&key_path("/tenant-a", &allowed, "metadata"), &bodies::metadata()).await.assert_ok();
-    client.post(&key_path("/tenant-a", &other, "metadata"), &bodies::metadata()).await.assert_error(404, "KeyNotFoundException");
+    client
+        .post(
+            &key_path("/tenant-a", &allowed, "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_ok();
+    client
+        .post(
+            &key_path("/tenant-a", &other, "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
     // tenant-b has no allowlist and sees every key.
     let b = proxy.client().signer(Some(Signer::new(AKID_B, SECRET_B)));
-    b.post(&key_path("/tenant-b", &other, "metadata"), &bodies::metadata()).await.assert_ok();
+    b.post(
+        &key_path("/tenant-b", &other, "metadata"),
+        &bodies::metadata(),
+    )
+    .await
+    .assert_ok();
 }
 
 #[tokio::test]
 async fn uri_2_uri_6_longest_prefix_and_key_id_are_served() {
     let prefix = format!("/{}", "p".repeat(116));
-    let extra = format!("[[key_stores]]\npath_prefix = \"{prefix}\"\n[[key_stores.credentials]]\naccess_key_id = \"EEEEEEEEEEEEEEEEEEEEEEEEEEEEEE\"\nsecret = \"{}\"\n", support::SECRET_A1);
-    let proxy = ProxyBuilder { extra, ..Default::default() }.start().await;
+    let extra = format!(
+        "[[key_stores]]\npath_prefix = \"{prefix}\"\n[[key_stores.credentials]]\naccess_key_id = \"EEEEEEEEEEEEEEEEEEEEEEEEEEEEEE\"\nsecret = \"{}\"\n",
+        support::SECRET_A1
+    );
+    let proxy = ProxyBuilder {
+        extra,
+        ..Default::default()
+    }
+    .start()
+    .await;
     let key = create_key(&"k".repeat(100), &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
-    let client = proxy.client().signer(Some(Signer::new("EEEEEEEEEEEEEEEEEEEEEEEEEEEEEE", support::SECRET_A1)));
+    let client = proxy.client().signer(Some(Signer::new(
+        "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEE",
+        support::SECRET_A1,
+    )));
     let path = key_path(&prefix, &key, "encrypt");
     assert!(path.len() > 240);
-    client.post(&path, &bodies::encrypt(b"x", None, false)).await.assert_ok();
+    client
+        .post(&path, &bodies::encrypt(b"x", None, false))
+        .await
+        .assert_ok();
 }
 
 #[tokio::test]
 async fn tr_1_plaintext_mode_only_when_configured() {
-    let proxy = ProxyBuilder { plaintext: true, ..Default::default() }.start().await;
+    let proxy = ProxyBuilder {
+        plaintext: true,
+        ..Default::default()
+    }
+    .start()
+    .await;
     let client = support::Client::plaintext(proxy.addr);
-    client.post("/tenant-a/kms/xks/v1/health", &bodies::health()).await.assert_ok();
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
 }

@@ -1,5 +1,8 @@
 //! The `xks-proxy` subcommands, run as a user would (CFG-1, AU-14, CLI of issue 2).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use base64::Engine;
@@ -38,22 +41,56 @@ fn write_config(dir: &std::path::Path, extra_hsm: &str) -> std::path::PathBuf {
 
 #[test]
 fn cfg_1_au_14_credentials_new_prints_a_valid_console_file() {
-    let out = run(&["credentials", "new", "--prefix", "/keystores/tenant-a", "--output", "console-json"]);
+    let out = run(&[
+        "credentials",
+        "new",
+        "--prefix",
+        "/keystores/tenant-a",
+        "--output",
+        "console-json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["XksProxyUriPath"], "/keystores/tenant-a/kms/xks/v1");
-    let id = json["XksProxyAuthenticationCredential"]["AccessKeyId"].as_str().unwrap();
-    let secret = json["XksProxyAuthenticationCredential"]["RawSecretAccessKey"].as_str().unwrap();
-    assert!((20..=30).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)), "{id}");
+    let id = json["XksProxyAuthenticationCredential"]["AccessKeyId"]
+        .as_str()
+        .unwrap();
+    let secret = json["XksProxyAuthenticationCredential"]["RawSecretAccessKey"]
+        .as_str()
+        .unwrap();
+    assert!(
+        (20..=30).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)),
+        "{id}"
+    );
     assert!((43..=64).contains(&secret.len()), "{secret}");
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(secret).unwrap().len(), 32, "256 bits");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(secret)
+            .unwrap()
+            .len(),
+        32,
+        "256 bits"
+    );
 
-    let again = run(&["credentials", "new", "--prefix", "/keystores/tenant-a", "--output", "console-json"]);
+    let again = run(&[
+        "credentials",
+        "new",
+        "--prefix",
+        "/keystores/tenant-a",
+        "--output",
+        "console-json",
+    ]);
     assert_ne!(stdout(&out), stdout(&again), "credentials must be random");
 
     let both = run(&["credentials", "new", "--prefix", "/p"]);
     let text = stdout(&both);
-    assert!(text.contains("[[key_stores.credentials]]") && text.contains("XksProxyUriPath"), "{text}");
+    assert!(
+        text.contains("[[key_stores.credentials]]") && text.contains("XksProxyUriPath"),
+        "{text}"
+    );
 
     let bad = run(&["credentials", "new", "--prefix", "no-slash"]);
     assert!(!bad.status.success());
@@ -77,7 +114,13 @@ fn check_config_reports_every_error_with_its_field() {
     let out = run(&["check-config", "--config", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    for field in ["server.listen", "hsm.module", "hsm.sessions", "key_stores[0].path_prefix", "key_stores[0].credentials"] {
+    for field in [
+        "server.listen",
+        "hsm.module",
+        "hsm.sessions",
+        "key_stores[0].path_prefix",
+        "key_stores[0].credentials",
+    ] {
         assert!(err.contains(field), "{field} missing in: {err}");
     }
 }
@@ -91,7 +134,9 @@ fn keys_create_and_list_show_exact_usages() {
     let enc = softhsm::unique_label("cli-enc");
     let none = softhsm::unique_label("cli-none");
     for (label, usage) in [(&both, "encrypt,decrypt"), (&enc, "encrypt"), (&none, "")] {
-        let out = run(&["keys", "create", "--config", config, "--label", label, "--usage", usage]);
+        let out = run(&[
+            "keys", "create", "--config", config, "--label", label, "--usage", usage,
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let dup = run(&["keys", "create", "--config", config, "--label", &both]);
@@ -100,9 +145,21 @@ fn keys_create_and_list_show_exact_usages() {
     let out = run(&["keys", "list", "--config", config]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = stdout(&out);
-    let line = |label: &str| list.lines().find(|l| l.starts_with(&format!("{label} "))).unwrap_or_else(|| panic!("{label} not in {list}")).to_owned();
-    assert!(line(&both).contains("AES_256") && line(&both).ends_with("ENCRYPT,DECRYPT"), "{}", line(&both));
+    let line = |label: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("{label} not in {list}"))
+            .to_owned()
+    };
+    assert!(
+        line(&both).contains("AES_256") && line(&both).ends_with("ENCRYPT,DECRYPT"),
+        "{}",
+        line(&both)
+    );
     assert!(line(&enc).ends_with(" ENCRYPT"), "{}", line(&enc));
     assert!(line(&none).ends_with(" -"), "{}", line(&none));
-    assert!(list.contains(softhsm::HEALTH_KEY), "health key listed: {list}");
+    assert!(
+        list.contains(softhsm::HEALTH_KEY),
+        "health key listed: {list}"
+    );
 }

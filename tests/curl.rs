@@ -2,6 +2,9 @@
 //! promise (Appendix D of the spec), AU-6 (curl signs content-type), TR-2/3, MT-7, and a clean
 //! exit on SIGTERM.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;
@@ -39,18 +42,43 @@ fn pin_file(dir: &Path) -> std::path::PathBuf {
 }
 
 /// `curl --aws-sigv4 … --data @file URL`, as in the spec's Appendix D.
-fn curl(server: &Server, ca_file: &Path, path: &str, body: &[u8], extra: &[&str]) -> (serde_json::Value, String) {
+fn curl(
+    server: &Server,
+    ca_file: &Path,
+    path: &str,
+    body: &[u8],
+    extra: &[&str],
+) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let body_file = dir.path().join("body.json");
     std::fs::write(&body_file, body).unwrap();
     let url = format!("https://localhost:{}{path}", server.addr.port());
     let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20", "--aws-sigv4", "aws:amz:us-east-1:kms-xks-proxy"])
-        .args(["--user", &format!("{}:{}", support::AKID_A1, support::SECRET_A1)])
-        .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.addr.port())])
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "20",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kms-xks-proxy",
+        ])
+        .args([
+            "--user",
+            &format!("{}:{}", support::AKID_A1, support::SECRET_A1),
+        ])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ])
         .arg("--cacert")
         .arg(ca_file)
-        .args(["-H", "Content-Type: application/json", "-X", "POST", "--data"])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-X",
+            "POST",
+            "--data",
+        ])
         .arg(format!("@{}", body_file.display()))
         .args(["-w", "\n%{http_code} %{http_version}"])
         .args(extra)
@@ -58,9 +86,16 @@ fn curl(server: &Server, ca_file: &Path, path: &str, body: &[u8], extra: &[&str]
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (json, meta) = stdout.rsplit_once('\n').unwrap();
-    (serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {json}")), meta.to_owned())
+    (
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {json}")),
+        meta.to_owned(),
+    )
 }
 
 #[test]
@@ -75,7 +110,13 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
     for (extra, version) in [(&[][..], "2"), (&["--http1.1"][..], "1.1")] {
         let plaintext = format!("Hello World over HTTP/{version}!");
         let path = format!("/tenant-a/kms/xks/v1/keys/{key}/encrypt");
-        let (enc, meta) = curl(&server, &ca_file, &path, &bodies::encrypt(plaintext.as_bytes(), Some(aad), true), extra);
+        let (enc, meta) = curl(
+            &server,
+            &ca_file,
+            &path,
+            &bodies::encrypt(plaintext.as_bytes(), Some(aad), true),
+            extra,
+        );
         assert_eq!(meta, format!("200 {version}"));
         assert!(enc["ciphertextDataIntegrityValue"].is_string());
         let dec = bodies::decrypt_from(&enc, Some(aad)).to_string();
@@ -84,13 +125,25 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
         assert_eq!(meta, format!("200 {version}"));
         assert_eq!(unb64(&plain["plaintext"]), plaintext.as_bytes());
     }
-    let (health, _) = curl(&server, &ca_file, "/tenant-a/kms/xks/v1/health", &bodies::health(), &[]);
+    let (health, _) = curl(
+        &server,
+        &ca_file,
+        "/tenant-a/kms/xks/v1/health",
+        &bodies::health(),
+        &[],
+    );
     assert_eq!(health["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
 
     // LOG-1, LOG-2: one line per request with the kmsRequestId; never the plaintext.
     let log = server.drain_log().join("\n");
-    assert!(log.contains("4112f4d6-db54-4af4-ae30-c55a22a8dfae"), "{log}");
-    assert!(!log.contains("Hello World") && !log.contains("SGVsbG8gV29ybGQgb3Zlc"), "plaintext leaked: {log}");
+    assert!(
+        log.contains("4112f4d6-db54-4af4-ae30-c55a22a8dfae"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Hello World") && !log.contains("SGVsbG8gV29ybGQgb3Zlc"),
+        "plaintext leaked: {log}"
+    );
     assert!(!log.contains(support::SECRET_A1), "secret leaked");
 
     let status = server.terminate();
@@ -111,9 +164,18 @@ fn mt_7_curl_sees_handshake_failure_for_a_wrong_client_certificate() {
 
     let good = client_ca.client("cks.kms.eu-west-1.amazonaws.com", &[]);
     let (good_cert, good_key) = good.write(dir.path(), &client_ca, "good");
-    let (health, _) = curl(&server, &ca_file, "/tenant-a/kms/xks/v1/health", &bodies::health(), &[
-        "--cert", good_cert.to_str().unwrap(), "--key", good_key.to_str().unwrap(),
-    ]);
+    let (health, _) = curl(
+        &server,
+        &ca_file,
+        "/tenant-a/kms/xks/v1/health",
+        &bodies::health(),
+        &[
+            "--cert",
+            good_cert.to_str().unwrap(),
+            "--key",
+            good_key.to_str().unwrap(),
+        ],
+    );
     assert_eq!(health["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
 
     let wrong = client_ca.client("cks.kms.us-east-1.example.com", &[]);
@@ -121,13 +183,19 @@ fn mt_7_curl_sees_handshake_failure_for_a_wrong_client_certificate() {
     let out = Command::new("curl")
         .args(["-v", "--max-time", "20", "--cacert"])
         .arg(&ca_file)
-        .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.addr.port())])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ])
         .arg("--cert")
         .arg(&cert)
         .arg("--key")
         .arg(&key)
         .args(["-X", "POST", "--data", "{}"])
-        .arg(format!("https://localhost:{}/tenant-a/kms/xks/v1/health", server.addr.port()))
+        .arg(format!(
+            "https://localhost:{}/tenant-a/kms/xks/v1/health",
+            server.addr.port()
+        ))
         .output()
         .unwrap();
     assert!(!out.status.success());

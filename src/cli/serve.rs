@@ -19,10 +19,14 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
     super::init_logging(&settings)?;
     warn_if_root();
     let tls = match &settings.server.transport {
-        Transport::Tls(tls) => Some(crate::tls::server_config(tls).map_err(|e| format!("server.tls: {e}"))?),
+        Transport::Tls(tls) => {
+            Some(crate::tls::server_config(tls).map_err(|e| format!("server.tls: {e}"))?)
+        }
         Transport::PlaintextBehindLoadBalancer => None,
     };
-    let backend = Arc::new(Pkcs11Backend::open(&settings.hsm).map_err(|e| format!("cannot open the HSM: {e}"))?);
+    let backend = Arc::new(
+        Pkcs11Backend::open(&settings.hsm).map_err(|e| format!("cannot open the HSM: {e}"))?,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("xks-proxy")
@@ -40,7 +44,10 @@ async fn serve_until_signal(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.server.listen))?;
     log_startup(&settings, &listener, &backend);
-    let state = Arc::new(AppState::new(&settings, Arc::clone(&backend) as Arc<dyn KeyBackend>));
+    let state = Arc::new(AppState::new(
+        &settings,
+        Arc::clone(&backend) as Arc<dyn KeyBackend>,
+    ));
     let options = ServeOptions {
         max_connections: settings.server.max_connections.get(),
         handshake_timeout: settings.server.handshake_timeout,
@@ -53,11 +60,17 @@ async fn serve_until_signal(
 }
 
 fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Backend) {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let transport = match &settings.server.transport {
         Transport::Tls(tls) => match &tls.client_auth {
             ClientAuth::Disabled => "https".to_owned(),
-            ClientAuth::Required { allowed_subject_names, .. } => {
+            ClientAuth::Required {
+                allowed_subject_names,
+                ..
+            } => {
                 let names: Vec<_> = allowed_subject_names.iter().map(|n| n.as_str()).collect();
                 format!("https+mtls({})", names.join(","))
             }
@@ -74,7 +87,14 @@ fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Back
     let stores: Vec<_> = settings
         .key_stores
         .iter()
-        .map(|s| format!("{}={} ({} credentials)", s.name, s.prefix.uri_path(), s.credentials.len()))
+        .map(|s| {
+            format!(
+                "{}={} ({} credentials)",
+                s.name,
+                s.prefix.uri_path(),
+                s.credentials.len()
+            )
+        })
         .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -93,14 +113,15 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {},
             _ = term.recv() => {},
@@ -117,7 +138,9 @@ fn warn_if_root() {
     {
         use std::os::unix::fs::MetadataExt;
         if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            tracing::warn!("running as root: prefer a dedicated user (CAP_NET_BIND_SERVICE for port 443)");
+            tracing::warn!(
+                "running as root: prefer a dedicated user (CAP_NET_BIND_SERVICE for port 443)"
+            );
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Configuration: a TOML file plus `XKS__SECTION__KEY` environment overrides, loaded with the
-//! `config` crate into raw serde structs ([`raw`]) and then turned into the validated
+//! `config` crate into raw serde structs (module `raw`) and then turned into the validated
 //! [`Settings`] below ("parse, don't validate"). Every error names its field path, and all
 //! errors are reported at once before the proxy binds a socket.
 //!

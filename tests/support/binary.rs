@@ -14,7 +14,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_xks-proxy");
 /// Runs a one-shot command against the test token.
 pub fn run(args: &[&str]) -> Output {
     let token = softhsm::token();
-    Command::new(BIN).args(args).env("SOFTHSM2_CONF", &token.conf).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env("SOFTHSM2_CONF", &token.conf)
+        .output()
+        .unwrap()
 }
 
 /// A `serve` process, killed on drop.
@@ -28,6 +32,8 @@ impl Server {
     /// Starts `xks-proxy serve --config <config>` and waits for its startup line.
     pub fn start(config: &Path) -> Self {
         let token = softhsm::token();
+        // Reaped in `terminate` or `Drop`.
+        #[allow(clippy::zombie_processes)]
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
@@ -48,7 +54,9 @@ impl Server {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = log.recv_timeout(left).expect("no startup line from xks-proxy serve");
+            let line = log
+                .recv_timeout(left)
+                .expect("no startup line from xks-proxy serve");
             if line.contains("xks-proxy started") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let addr = value["listen"].as_str().unwrap().parse().unwrap();
@@ -60,7 +68,13 @@ impl Server {
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;

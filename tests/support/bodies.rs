@@ -9,7 +9,9 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 pub fn unb64(value: &Value) -> Vec<u8> {
-    STANDARD.decode(value.as_str().expect("base64 string")).expect("standard base64")
+    STANDARD
+        .decode(value.as_str().expect("base64 string"))
+        .expect("standard base64")
 }
 
 pub fn health() -> Vec<u8> {

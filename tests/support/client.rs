@@ -35,17 +35,31 @@ impl Reply {
 
     /// `errorName` of an error body.
     pub fn error_name(&self) -> String {
-        self.json()["errorName"].as_str().unwrap_or("<none>").to_owned()
+        self.json()["errorName"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned()
     }
 
     /// Asserts an XKS error: exact status, exact errorName, JSON content type, a printable
     /// ASCII errorMessage under 512 characters (ERR-1, ERR-2, MTH-3).
     #[track_caller]
     pub fn assert_error(&self, status: u16, name: &str) {
-        assert_eq!((self.status, self.error_name().as_str()), (status, name), "body: {}", self.text());
+        assert_eq!(
+            (self.status, self.error_name().as_str()),
+            (status, name),
+            "body: {}",
+            self.text()
+        );
         assert_eq!(self.headers["content-type"], "application/json");
-        let message = self.json()["errorMessage"].as_str().unwrap_or_default().to_owned();
-        assert!(message.len() < 512 && message.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{message:?}");
+        let message = self.json()["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.len() < 512 && message.bytes().all(|b| (0x20..=0x7e).contains(&b)),
+            "{message:?}"
+        );
         assert!(!self.text().contains('\n'), "multi-line body");
     }
 
@@ -55,7 +69,10 @@ impl Reply {
         assert_eq!(self.status, 200, "body: {}", self.text());
         assert_eq!(self.headers["content-type"], "application/json");
         let text = self.text();
-        assert!(!text.contains('\n') && !text.contains(": ") && !text.contains(", "), "{text}");
+        assert!(
+            !text.contains('\n') && !text.contains(": ") && !text.contains(", "),
+            "{text}"
+        );
         self.json()
     }
 }
@@ -80,7 +97,11 @@ pub struct Client {
 impl Client {
     pub fn tls(addr: SocketAddr, ca: &Ca, client_cert: Option<&Leaf>) -> Self {
         Self {
-            tls: Some(Arc::new(client_config(ca, client_cert, &[b"h2", b"http/1.1"]))),
+            tls: Some(Arc::new(client_config(
+                ca,
+                client_cert,
+                &[b"h2", b"http/1.1"],
+            ))),
             ..Self::plaintext(addr)
         }
     }
@@ -110,11 +131,18 @@ impl Client {
 
     /// A signed POST of a JSON body.
     pub async fn post(&self, path: &str, body: &[u8]) -> Reply {
-        self.send("POST", path, &[("content-type", "application/json")], body).await
+        self.send("POST", path, &[("content-type", "application/json")], body)
+            .await
     }
 
     /// Sends one request on a new connection, signing it when a signer is set.
-    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         let mut conn = self.connect().await.unwrap();
         conn.send(self, method, path, headers, body).await
     }
@@ -128,11 +156,16 @@ impl Client {
             Some(config) => {
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
                 let name = ServerName::try_from("localhost").unwrap();
-                let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                let tls =
+                    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                assert_eq!(h2, self.http2 || h2, "server chose h2 although the client wanted h1");
+                assert_eq!(
+                    h2,
+                    self.http2 || h2,
+                    "server chose h2 although the client wanted h1"
+                );
                 Connection::handshake(TokioIo::new(tls), h2).await
             }
         }
@@ -157,7 +190,9 @@ impl Connection {
             tokio::spawn(conn);
             Ok(Self::H2(send))
         } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(std::io::Error::other)?;
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
             Ok(Self::H1(send))
         }
@@ -195,7 +230,9 @@ impl Connection {
                 .collect();
             let when = client.signing_time.unwrap_or_else(OffsetDateTime::now_utc);
             let (date, auth) = signer.sign(method, path, &client.host, &signed, body, when);
-            builder = builder.header("x-amz-date", date).header("authorization", auth);
+            builder = builder
+                .header("x-amz-date", date)
+                .header("authorization", auth);
         }
         let mut body = body.to_vec();
         if client.tamper_after_signing {
@@ -214,8 +251,18 @@ impl Connection {
         .expect("request failed");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Reply { status, headers, body }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 }
 

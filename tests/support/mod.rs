@@ -135,16 +135,28 @@ secret = "{SECRET_B}"
             Transport::Tls(tls) => Some(xks_proxy::tls::server_config(tls).unwrap()),
             Transport::PlaintextBehindLoadBalancer => None,
         };
-        let backend = self.backend.unwrap_or_else(|| Arc::clone(&token.backend) as Arc<dyn KeyBackend>);
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::clone(&token.backend) as Arc<dyn KeyBackend>);
         let state = Arc::new(AppState::new(&settings, backend));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions { max_connections: 64, handshake_timeout: Duration::from_secs(5) };
+        let options = ServeOptions {
+            max_connections: 64,
+            handshake_timeout: Duration::from_secs(5),
+        };
         let task = tokio::spawn(serve(listener, tls, router(state), options, async move {
             let _ = stopped.await;
         }));
-        Proxy { addr, ca, settings, dir, stop: Some(stop), task: Some(task) }
+        Proxy {
+            addr,
+            ca,
+            settings,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 }
 
@@ -168,7 +180,11 @@ impl Proxy {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task).await.unwrap().unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
         }
     }
 }

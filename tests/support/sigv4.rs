@@ -38,7 +38,9 @@ impl Signer {
         when: OffsetDateTime,
     ) -> (String, String) {
         let amz_date = when
-            .format(format_description!("[year][month][day]T[hour][minute][second]Z"))
+            .format(format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
             .unwrap();
         let date = &amz_date[..8];
         let mut signed: Vec<(String, String)> = headers
@@ -49,7 +51,11 @@ impl Signer {
         signed.push(("x-amz-date".into(), amz_date.clone()));
         signed.sort();
         let canonical_headers: String = signed.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-        let signed_headers = signed.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+        let signed_headers = signed
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
         let canonical_request = format!(
             "{method}\n{path}\n\n{canonical_headers}\n{signed_headers}\n{}",
             hex::encode(Sha256::digest(body))

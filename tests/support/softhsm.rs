@@ -40,7 +40,11 @@ pub fn token() -> &'static Token {
         set_softhsm_conf(&conf);
         init_token(&conf, TOKEN_LABEL);
         let backend = Arc::new(Pkcs11Backend::open(&hsm_settings(4, 64)).unwrap());
-        Token { _dir: dir, conf, backend }
+        Token {
+            _dir: dir,
+            conf,
+            backend,
+        }
     })
 }
 
@@ -60,13 +64,20 @@ pub fn hsm_settings(sessions: usize, queue_depth: usize) -> HsmSettings {
 /// A label no other test in this process uses.
 pub fn unique_label(stem: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{stem}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{stem}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Creates an AES-256 key with exactly `usages` and returns its label.
 pub fn create_key(stem: &str, usages: &[KeyUsage]) -> String {
     let label = unique_label(stem);
-    token().backend.create_key(&ExternalKeyId::parse(&label).unwrap(), usages).unwrap();
+    token()
+        .backend
+        .create_key(&ExternalKeyId::parse(&label).unwrap(), usages)
+        .unwrap();
     label
 }
 
@@ -88,10 +99,23 @@ fn write_conf(dir: &Path) -> PathBuf {
 fn init_token(conf: &Path, label: &str) {
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", conf)
-        .args(["--init-token", "--free", "--label", label, "--pin", USER_PIN, "--so-pin", SO_PIN])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
         .output()
         .expect("softhsm2-util must be installed (apt-get install softhsm2)");
-    assert!(out.status.success(), "softhsm2-util failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "softhsm2-util failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[allow(unsafe_code)]
