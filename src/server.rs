@@ -266,10 +266,12 @@ impl Conn {
         acceptor: &TlsAcceptor,
         stream: TcpStream,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+        let accept = acceptor.accept(stream).into_fallible();
+        match tokio::time::timeout(self.handshake_timeout, accept).await {
             Ok(Ok(tls)) => Some(tls),
-            Ok(Err(e)) => {
+            Ok(Err((e, stream))) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
+                linger_close(stream).await;
                 None
             }
             Err(_) => {
@@ -298,6 +300,24 @@ impl Conn {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
+}
+
+/// How long a failed handshake's socket keeps draining the client's bytes before closing.
+const FAILED_HANDSHAKE_LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a socket after a failed handshake so that the client reads our alert (MT-7).
+///
+/// In TLS 1.3 the client finishes its side of the handshake and sends its request before
+/// learning that its certificate was rejected. Closing a socket that still holds unread bytes
+/// makes the kernel send a reset, and the client then sees "broken pipe" or "connection reset"
+/// instead of the `handshake_failure` alert. Sending FIN and draining what the client already
+/// sent, for a short bounded time, lets the alert through.
+async fn linger_close(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(FAILED_HANDSHAKE_LINGER, drain).await;
 }
 
 /// `TCP_NODELAY` and keepalive; failures only cost latency, so they are logged, not fatal.

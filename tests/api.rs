@@ -495,7 +495,7 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
 
     // URI-8: a second object with the same label makes the id ambiguous; never guess.
     let label = ed_key();
-    pkcs11_tool_keygen(&label, "AES:32");
+    softhsm::pkcs11_tool_keygen(&label, "AES:32");
     client
         .post(
             &key_path("/tenant-a", &label, "metadata"),
@@ -506,7 +506,7 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
 
     // K-2: a 128-bit AES key is reported truthfully and refused for crypto.
     let small = softhsm::unique_label("aes128");
-    pkcs11_tool_keygen(&small, "AES:16");
+    softhsm::pkcs11_tool_keygen(&small, "AES:16");
     let body = client
         .post(
             &key_path("/tenant-a", &small, "metadata"),
@@ -522,37 +522,6 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
         )
         .await
         .assert_error(400, "InvalidKeyUsageException");
-}
-
-/// Creates a key with OpenSC's pkcs11-tool, an independent PKCS#11 client.
-fn pkcs11_tool_keygen(label: &str, key_type: &str) {
-    let token = softhsm::token();
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &token.conf)
-        .args([
-            "--module",
-            softhsm::MODULE,
-            "--token-label",
-            softhsm::TOKEN_LABEL,
-            "--login",
-            "--pin",
-            softhsm::USER_PIN,
-        ])
-        .args([
-            "--keygen",
-            "--key-type",
-            key_type,
-            "--label",
-            label,
-            "--usage-decrypt",
-        ])
-        .output()
-        .expect("pkcs11-tool (opensc) must be installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]
