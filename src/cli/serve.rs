@@ -32,7 +32,13 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
         .thread_name("xks-proxy")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(serve_until_signal(settings, tls, backend))
+    let result = runtime.block_on(serve_until_signal(settings, tls, Arc::clone(&backend)));
+    // Connections still draining hold the app state; once the runtime is gone the last
+    // reference to the backend is ours, so its workers stop and `C_Finalize` runs here, on
+    // the main thread, not on an async worker.
+    drop(runtime);
+    drop(backend);
+    result
 }
 
 async fn serve_until_signal(

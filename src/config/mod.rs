@@ -10,6 +10,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 mod types;
+mod validate;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
