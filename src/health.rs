@@ -101,3 +101,151 @@ impl HealthService {
         Ok(health)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The aggregation rules, over a scripted backend (the deep check itself is tested against
+    //! SoftHSM2 in `tests/hsm_backend.rs` and `tests/api.rs`).
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::hsm::{
+        BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, KeyMetadata, MemberHealth,
+    };
+    use crate::xks::ExternalKeyId;
+
+    struct Scripted {
+        answer: Result<HsmHealth, HsmError>,
+        calls: AtomicUsize,
+    }
+
+    impl KeyBackend for Scripted {
+        fn key_metadata(&self, _: ExternalKeyId, _: Instant) -> BackendFuture<'_, KeyMetadata> {
+            Box::pin(async { Err(HsmError::KeyNotFound) })
+        }
+        fn encrypt(
+            &self,
+            _: ExternalKeyId,
+            _: EncryptRequest,
+            _: Instant,
+        ) -> BackendFuture<'_, GcmCiphertext> {
+            Box::pin(async { Err(HsmError::KeyNotFound) })
+        }
+        fn decrypt(
+            &self,
+            _: ExternalKeyId,
+            _: DecryptRequest,
+            _: Instant,
+        ) -> BackendFuture<'_, Zeroizing<Vec<u8>>> {
+            Box::pin(async { Err(HsmError::KeyNotFound) })
+        }
+        fn health(&self, _: Instant) -> BackendFuture<'_, HsmHealth> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answer.clone();
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn member(id: usize, status: MemberStatus) -> MemberHealth {
+        MemberHealth {
+            id: format!("hsm-{id}"),
+            model: "Model 1".into(),
+            status,
+        }
+    }
+
+    fn service(
+        answer: Result<HsmHealth, HsmError>,
+        ttl: Duration,
+    ) -> (HealthService, Arc<Scripted>) {
+        let backend = Arc::new(Scripted {
+            answer,
+            calls: AtomicUsize::new(0),
+        });
+        let settings = HealthSettings {
+            proxy_fleet_size: 3,
+            cache_ttl: ttl,
+        };
+        (
+            HealthService::new(Arc::clone(&backend) as Arc<dyn KeyBackend>, &settings),
+            backend,
+        )
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn h_6_h_11_h_12_degraded_members_still_answer_and_at_most_ten_are_listed() {
+        let mut members: Vec<_> = (0..12)
+            .map(|i| member(i, MemberStatus::Unavailable))
+            .collect();
+        members[3].status = MemberStatus::Degraded;
+        let (svc, _) = service(
+            Ok(HsmHealth {
+                vendor: "Acme".into(),
+                members,
+            }),
+            Duration::from_secs(30),
+        );
+        let resp = svc.status(deadline()).await.unwrap();
+        assert_eq!(resp.xks_proxy_fleet_size, 3);
+        assert_eq!(resp.ekm_vendor, "Acme");
+        assert_eq!(resp.ekm_fleet_details.len(), 10);
+        assert_eq!(resp.ekm_fleet_details[3].health_status, "DEGRADED");
+        assert_eq!(resp.ekm_fleet_details[0].health_status, "UNAVAILABLE");
+    }
+
+    #[tokio::test]
+    async fn h_16_no_member_can_serve_is_an_internal_error() {
+        let health = HsmHealth {
+            vendor: "Acme".into(),
+            members: vec![member(1, MemberStatus::Unavailable)],
+        };
+        let (svc, _) = service(Ok(health), Duration::from_secs(30));
+        assert_eq!(
+            svc.status(deadline()).await.unwrap_err().name(),
+            ErrorName::InternalException
+        );
+        let (svc, _) = service(Err(HsmError::Timeout), Duration::from_secs(30));
+        assert_eq!(
+            svc.status(deadline()).await.unwrap_err().name(),
+            ErrorName::DependencyTimeoutException
+        );
+        let (svc, _) = service(
+            Err(HsmError::Unavailable("gone".into())),
+            Duration::from_secs(30),
+        );
+        let err = svc.status(deadline()).await.unwrap_err();
+        assert_eq!(err.name(), ErrorName::InternalException);
+        assert!(
+            !err.message().contains("gone"),
+            "internal detail leaked: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn h_14_h_15_results_are_cached_for_the_ttl_only_and_errors_not_at_all() {
+        let health = HsmHealth {
+            vendor: "Acme".into(),
+            members: vec![member(1, MemberStatus::Active)],
+        };
+        let (svc, backend) = service(Ok(health), Duration::from_millis(200));
+        for _ in 0..5 {
+            svc.status(deadline()).await.unwrap();
+        }
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        svc.status(deadline()).await.unwrap();
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+
+        let (svc, backend) = service(Err(HsmError::Timeout), Duration::from_secs(30));
+        for _ in 0..3 {
+            assert!(svc.status(deadline()).await.is_err());
+        }
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+}
