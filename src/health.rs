@@ -92,6 +92,8 @@ impl HealthService {
             .await
             .map_err(|err| match err {
                 HsmError::Timeout => timeout(),
+                // The check never ran: every session is busy. KMS polls again.
+                HsmError::Busy => XksError::from(HsmError::Busy),
                 other => {
                     tracing::error!(error = %other, "deep health check failed");
                     XksError::internal("the external key manager health check failed")
