@@ -74,11 +74,50 @@ pub fn unique_label(stem: &str) -> String {
 /// Creates an AES-256 key with exactly `usages` and returns its label.
 pub fn create_key(stem: &str, usages: &[KeyUsage]) -> String {
     let label = unique_label(stem);
-    token()
-        .backend
+    let backend = &token().backend;
+    let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    backend
         .create_key(&ExternalKeyId::parse(&label).unwrap(), usages)
         .unwrap();
     label
+}
+
+/// Serialises writes to the token. SoftHSM2's file store is not safe against two processes
+/// creating objects at the same moment (seen: `C_GenerateKey` → `CKR_GENERAL_ERROR` while
+/// pkcs11-tool wrote the same token), so the tests never do that.
+static TOKEN_WRITES: Mutex<()> = Mutex::new(());
+
+/// Creates a key with OpenSC's pkcs11-tool, an independent PKCS#11 client, e.g. to make a
+/// second object with an existing label (URI-8) or an AES-128 key (K-2).
+pub fn pkcs11_tool_keygen(label: &str, key_type: &str) {
+    let token = token();
+    let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &token.conf)
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            TOKEN_LABEL,
+            "--login",
+            "--pin",
+            USER_PIN,
+        ])
+        .args([
+            "--keygen",
+            "--key-type",
+            key_type,
+            "--label",
+            label,
+            "--usage-decrypt",
+        ])
+        .output()
+        .expect("pkcs11-tool (opensc) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn write_conf(dir: &Path) -> PathBuf {
