@@ -91,6 +91,12 @@ impl KeyCache {
         Ok(key)
     }
 
+    /// Forgets every handle: after a lost login or a device failure a handle number may name
+    /// another object, or none.
+    pub(super) fn clear(&self) {
+        self.map.write().clear();
+    }
+
     /// Forgets `label` if it still maps to `handle`.
     pub(super) fn invalidate(&self, label: &ExternalKeyId, handle: ObjectHandle) {
         let mut map = self.map.write();

@@ -141,7 +141,7 @@ impl Pkcs11Backend {
     fn run<T, F>(&self, deadline: Instant, f: F) -> BackendFuture<'_, T>
     where
         T: Send + 'static,
-        F: FnOnce(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
+        F: Fn(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
     {
         let submitted = self.pool.submit(deadline, f);
         Box::pin(async move { submitted?.wait().await })

@@ -10,8 +10,11 @@
 //! tokio thread.
 //!
 //! Recovery: a job that fails with a session, login or device [`Tier`] makes its worker close
-//! the session and open and log in a fresh one before the next job. If that fails, the worker
-//! answers [`HsmError::Unavailable`] and retries with exponential backoff, never spinning.
+//! the session and open and log in a fresh one; a session or login failure is then retried
+//! once on the fresh session if the deadline allows, so a dropped session costs the client
+//! nothing. Login and device failures also flush the key-handle cache. If a session cannot be
+//! opened, the worker answers [`HsmError::Unavailable`] and retries with exponential backoff,
+//! never spinning.
 //! Seam for later: a device-tier failure should rebuild the whole context (`C_Finalize`,
 //! `C_Initialize`) instead of only the session; see [`Worker::repair`].
 
@@ -33,9 +36,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts to open a session.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The work of one job: gets the worker's session (or why there is none) and returns the
-/// recovery tier its failure calls for, if any.
-type Work = Box<dyn FnOnce(Result<&Session, HsmError>, &Shared) -> Option<Tier> + Send>;
+/// The work of one job: runs on the worker (its session, its repair) and sends the reply.
+type Work = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// A queued request.
 struct Job {
@@ -84,7 +86,7 @@ impl Pool {
     pub(super) fn submit<T, F>(&self, deadline: Instant, f: F) -> Result<Submitted<T>, HsmError>
     where
         T: Send + 'static,
-        F: FnOnce(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
+        F: Fn(&Session, &Shared) -> Result<T, HsmError> + Send + 'static,
     {
         if Instant::now() >= deadline {
             return Err(HsmError::Timeout);
@@ -95,12 +97,25 @@ impl Pool {
             ));
         };
         let (reply, receiver) = oneshot::channel();
-        let work: Work = Box::new(move |lease, shared| {
-            let result = lease.and_then(|session| f(session, shared));
-            let repair = repair_tier(&result);
+        let work: Work = Box::new(move |worker: &mut Worker| {
+            let mut result = worker.attempt(&f);
+            let mut repair = repair_tier(&result);
+            if let Some(tier) = repair
+                && matches!(tier, Tier::Session | Tier::Login)
+            {
+                worker.repair(tier);
+                if worker.session.is_some() && Instant::now() < deadline {
+                    result = worker.attempt(&f);
+                    repair = repair_tier(&result);
+                } else {
+                    repair = None;
+                }
+            }
             // The caller may have timed out and gone; nothing to do then.
             let _ = reply.send(result);
-            repair
+            if let Some(tier) = repair {
+                worker.repair(tier);
+            }
         });
         match sender.try_send(Job { deadline, work }) {
             Ok(()) => Ok(Submitted { receiver, deadline }),
@@ -204,15 +219,19 @@ impl Worker {
         if self.session.is_none() && Instant::now() >= self.next_attempt {
             self.reopen();
         }
-        let repair = match &self.session {
-            Some(session) => (job.work)(Ok(session), &self.shared),
-            None => {
-                let why = HsmError::Unavailable("no PKCS#11 session; reconnecting".into());
-                (job.work)(Err(why), &self.shared)
-            }
-        };
-        if let Some(tier) = repair {
-            self.repair(tier);
+        (job.work)(self);
+    }
+
+    /// Runs `f` on this worker's session, if it has one.
+    fn attempt<T>(
+        &self,
+        f: &impl Fn(&Session, &Shared) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        match &self.session {
+            Some(session) => f(session, &self.shared),
+            None => Err(HsmError::Unavailable(
+                "no PKCS#11 session; reconnecting".into(),
+            )),
         }
     }
 
@@ -226,6 +245,9 @@ impl Worker {
             ?tier,
             "replacing the PKCS#11 session after a failure"
         );
+        if matches!(tier, Tier::Login | Tier::Device) {
+            self.shared.keys.clear();
+        }
         self.session = None;
         self.backoff = MIN_BACKOFF;
         self.reopen();
