@@ -99,7 +99,15 @@ impl HealthService {
                     XksError::internal("the external key manager health check failed")
                 }
             })?;
-        *cache = Some((Instant::now(), health.clone()));
+        // A result with no usable member is not cached either: the next poll re-checks, so a
+        // recovered HSM is reported at once instead of after the TTL.
+        if health
+            .members
+            .iter()
+            .any(|m| m.status != MemberStatus::Unavailable)
+        {
+            *cache = Some((Instant::now(), health.clone()));
+        }
         Ok(health)
     }
 }
@@ -244,10 +252,16 @@ mod tests {
         svc.status(deadline()).await.unwrap();
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
 
-        let (svc, backend) = service(Err(HsmError::Timeout), Duration::from_secs(30));
-        for _ in 0..3 {
-            assert!(svc.status(deadline()).await.is_err());
+        let down = HsmHealth {
+            vendor: "Acme".into(),
+            members: vec![member(1, MemberStatus::Unavailable)],
+        };
+        for answer in [Err(HsmError::Timeout), Ok(down)] {
+            let (svc, backend) = service(answer, Duration::from_secs(30));
+            for _ in 0..3 {
+                assert!(svc.status(deadline()).await.is_err());
+            }
+            assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
         }
-        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
     }
 }

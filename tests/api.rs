@@ -395,11 +395,16 @@ async fn d_2_d_6_d_7_malformed_iv_tag_and_metadata_are_rejected_before_the_hsm()
         .post(&path, &with("authenticationTag", json!(b64(&[0; 15]))))
         .await
         .assert_error(400, "InvalidCiphertextException");
-    // D-6: a 16-byte IV is accepted and reaches the HSM (here it cannot authenticate).
-    client
+    // D-6: a 16-byte IV passes validation and reaches the HSM, where it cannot authenticate
+    // (the length check would answer with another message).
+    let reply = client
         .post(&path, &with("initializationVector", json!(b64(&[7; 16]))))
-        .await
-        .assert_error(400, "InvalidCiphertextException");
+        .await;
+    reply.assert_error(400, "InvalidCiphertextException");
+    assert_eq!(
+        reply.json()["errorMessage"],
+        "ciphertext authentication failed"
+    );
     client
         .post(&path, &with("ciphertextMetadata", json!(b64(&[1; 21]))))
         .await
@@ -570,7 +575,7 @@ async fn mth_2_mth_3_lb_1_non_post_is_405_and_ping_is_open() {
         assert_eq!(reply.status, 405, "{method}");
         assert_eq!(reply.headers["allow"], "POST");
         assert_eq!(reply.headers["content-type"], "application/json");
-        assert!(reply.json()["errorName"].is_string());
+        reply.assert_error(405, "UnsupportedOperationException");
         let reply = client
             .send(method, "/tenant-a/kms/xks/v1/keys/k/encrypt", &[], b"")
             .await;
@@ -580,6 +585,9 @@ async fn mth_2_mth_3_lb_1_non_post_is_405_and_ping_is_open() {
     assert_eq!((ping.status, ping.text().as_str()), (200, "pong"));
     let ping = client.clone().http2().send("GET", "/ping", &[], b"").await;
     assert_eq!(ping.status, 200);
+    let post = client.send("POST", "/ping", &[], b"").await;
+    post.assert_error(405, "UnsupportedOperationException");
+    assert_eq!(post.headers["allow"], "GET");
 }
 
 #[tokio::test]
@@ -842,4 +850,32 @@ async fn tr_1_plaintext_mode_only_when_configured() {
         .post("/tenant-a/kms/xks/v1/health", &bodies::health())
         .await
         .assert_ok();
+}
+
+#[tokio::test]
+async fn tr_12_a_body_that_never_arrives_is_answered_not_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = ProxyBuilder {
+        plaintext: true,
+        server_extra: "handshake_timeout_ms = 300".into(),
+        ..Default::default()
+    }
+    .start()
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = "POST /tenant-a/kms/xks/v1/health HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tcp.read_to_end(&mut response),
+    )
+    .await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(read.is_ok(), "no answer within 5 s");
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(
+        response.contains("\"errorName\":\"ValidationException\""),
+        "{response}"
+    );
 }

@@ -22,7 +22,7 @@ fn config(dir: &Path, ca: &Ca, client_auth: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {key:?}\n{client_auth}\n\
-             [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin_file = {:?}\n[logging]\nlevel = \"info\"\nformat = \"json\"\n\
+             [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin_file = {:?}\n[logging]\nlevel = \"trace\"\nformat = \"json\"\n\
              [[key_stores]]\npath_prefix = \"/tenant-a\"\n[[key_stores.credentials]]\naccess_key_id = \"{}\"\nsecret = \"{}\"\n",
             softhsm::MODULE,
             softhsm::TOKEN_LABEL,
@@ -106,9 +106,11 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
     let ca_file = ca.write(dir.path(), "ca");
     let server = Server::start(&config(dir.path(), &ca, ""));
 
-    let aad = b"project=nile,department=marketing";
+    // Canaries: none of these may appear in the log, even at trace level (LOG-2, LOG-8, E-2,
+    // D-9), in raw or Base64 form.
+    let aad = b"CANARY-AAD-5c1e0d";
     for (extra, version) in [(&[][..], "2"), (&["--http1.1"][..], "1.1")] {
-        let plaintext = format!("Hello World over HTTP/{version}!");
+        let plaintext = format!("CANARY-PLAINTEXT-9b2f over HTTP/{version}");
         let path = format!("/tenant-a/kms/xks/v1/keys/{key}/encrypt");
         let (enc, meta) = curl(
             &server,
@@ -134,17 +136,34 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
     );
     assert_eq!(health["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
 
-    // LOG-1, LOG-2: one line per request with the kmsRequestId; never the plaintext.
+    // LOG-1: one line per request with the kmsRequestId.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let log = server.drain_log().join("\n");
     assert!(
         log.contains("4112f4d6-db54-4af4-ae30-c55a22a8dfae"),
         "{log}"
     );
     assert!(
-        !log.contains("Hello World") && !log.contains("SGVsbG8gV29ybGQgb3Zlc"),
-        "plaintext leaked: {log}"
+        log.len() > 10_000,
+        "trace logging was not on ({} bytes)",
+        log.len()
     );
-    assert!(!log.contains(support::SECRET_A1), "secret leaked");
+    let mut canaries = vec![
+        "CANARY".to_owned(),
+        support::SECRET_A1.to_owned(),
+        softhsm::USER_PIN.to_owned(),
+    ];
+    for version in ["2", "1.1"] {
+        let plaintext = format!("CANARY-PLAINTEXT-9b2f over HTTP/{version}");
+        canaries.push(bodies::b64(plaintext.as_bytes()));
+    }
+    canaries.push(bodies::b64(aad));
+    for canary in &canaries {
+        assert!(
+            !log.contains(canary.as_str()),
+            "{canary} leaked into the log"
+        );
+    }
 
     let status = server.terminate();
     assert!(status.success(), "exit status on SIGTERM: {status:?}");

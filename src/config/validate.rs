@@ -367,7 +367,7 @@ fn validate_logging(raw: super::raw::RawLogging, errors: &mut Errors) -> Option<
     })
 }
 
-/// A secret given inline or in a file (one trailing newline is stripped).
+/// A secret given inline or in a file (trailing newlines are ignored).
 fn secret(
     field: &str,
     inline: Option<SecretString>,

@@ -47,7 +47,7 @@ pub enum HsmError {
     #[error("no key with this id exists in the HSM")]
     KeyNotFound,
     /// Several objects carry the label; the proxy never guesses (URI-8).
-    #[error("{count} HSM objects carry this key id; it must identify exactly one key")]
+    #[error("more than one HSM object carries this key id; it must identify exactly one key")]
     AmbiguousKey {
         /// How many objects matched.
         count: usize,

@@ -11,9 +11,13 @@ use crate::xks::{ErrorName, XksError};
 pub enum ApiError {
     /// An XKS error with its spec status.
     Xks(XksError),
-    /// MTH-2: 405 with `Allow: POST`. The spec defines no errorName for it; the JSON body uses
-    /// `UnsupportedOperationException` so every error carries one (ERR-5).
-    MethodNotAllowed,
+    /// MTH-2: 405 with an `Allow` header (`POST` on the API, `GET` on `/ping`). The spec
+    /// defines no errorName for it; the JSON body uses `UnsupportedOperationException` so
+    /// every error carries one (ERR-5).
+    MethodNotAllowed {
+        /// The method the resource accepts.
+        allow: &'static str,
+    },
 }
 
 impl ApiError {
@@ -21,7 +25,7 @@ impl ApiError {
     pub fn name(&self) -> ErrorName {
         match self {
             Self::Xks(e) => e.name(),
-            Self::MethodNotAllowed => ErrorName::UnsupportedOperationException,
+            Self::MethodNotAllowed { .. } => ErrorName::UnsupportedOperationException,
         }
     }
 
@@ -29,7 +33,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Xks(e) => e.status(),
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -44,14 +48,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             Self::Xks(err) => json_response(err.status(), err.to_json()),
-            Self::MethodNotAllowed => {
+            Self::MethodNotAllowed { allow } => {
                 let err = XksError::new(
                     ErrorName::UnsupportedOperationException,
-                    "XKS API URIs accept only POST",
+                    format!("this URI accepts only {allow}"),
                 );
                 let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, err.to_json());
                 resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
                 resp
             }
         }

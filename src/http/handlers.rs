@@ -28,13 +28,7 @@ pub(super) async fn ping() -> &'static str {
 
 /// Any other method on `/ping`.
 pub(super) async fn ping_method_not_allowed() -> Response {
-    let mut resp = json_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        XksError::validation("/ping accepts only GET").to_json(),
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, http::HeaderValue::from_static("GET"));
-    resp
+    ApiError::MethodNotAllowed { allow: "GET" }.into_response()
 }
 
 /// Everything except `/ping`: the XKS API.
@@ -104,7 +98,7 @@ async fn handle(
     log.operation = Some(operation.name());
     log.key = operation.key().map(|k| k.to_string());
     if parts.method != Method::POST {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
     }
     let store = api
         .stores
@@ -112,7 +106,13 @@ async fn handle(
         .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
     log.store = Some(store.settings.name.clone());
 
-    let body = read_body(parts, body, api.limits.max_body_bytes).await?;
+    // A client that never finishes its body must not hold the connection forever.
+    let body = tokio::time::timeout(
+        api.body_timeout,
+        read_body(parts, body, api.limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| XksError::validation("the request body did not arrive in time"))??;
     let caller = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now());
     if let Err(err) = &caller {
         tracing::debug!(reason = err.reason(), "authentication failed");
@@ -348,8 +348,7 @@ async fn decrypt(
         return Err(XksError::validation("ciphertext must not be empty").into());
     }
     check_sizes(api, req.ciphertext.len(), req.aad.len())?;
-    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)
-        .map_err(|e| XksError::unsupported(e.to_string()))?;
+    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
     let plaintext = state
         .backend
         .decrypt(

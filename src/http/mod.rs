@@ -40,6 +40,8 @@ pub struct ApiConfig {
     routes: RouteTable,
     limits: Limits,
     request_timeout: Duration,
+    /// How long a client may take to send the request body.
+    body_timeout: Duration,
     health_key: ExternalKeyId,
 }
 
@@ -89,6 +91,7 @@ impl ApiConfig {
             routes,
             limits: settings.limits,
             request_timeout: settings.server.request_timeout,
+            body_timeout: settings.server.handshake_timeout,
             health_key: settings.hsm.health_key_label.clone(),
         }
     }

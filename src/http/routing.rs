@@ -162,6 +162,8 @@ mod tests {
             "/tenant-a/kms/xks/v1/keys/a%2Fb/encrypt",
             "/tenant-a/kms/xks/v1/keys/a:b/encrypt",
             "/tenant-a/./kms/xks/v1/health",
+            "/tenant-a/kms/xks/v1/keys/../metadata",
+            "/tenant-a/kms/xks/v1/keys/./encrypt",
             "//kms/xks/v1/health",
             "/TENANT-A/kms/xks/v1/health",
             "/tenant-a",

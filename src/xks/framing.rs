@@ -20,6 +20,13 @@ pub enum FramingError {
     MetadataTooLong,
 }
 
+impl From<FramingError> for super::XksError {
+    /// Inputs the AAD-1 framing cannot carry are beyond what this proxy supports (E-17).
+    fn from(err: FramingError) -> Self {
+        Self::unsupported(err.to_string())
+    }
+}
+
 /// The AAD given to AES-GCM: `BE16(len(aad)) ‖ aad ‖ U8(len(ctm)) ‖ ctm` (AAD-1). The length
 /// fields are always present, zero when a part is absent (AAD-2), so an AAD can never be
 /// replayed as metadata or the other way round (AAD-3).

@@ -24,6 +24,9 @@ pub enum KeyIdError {
     /// The id has a character outside `A-Z a-z 0-9 - . _`.
     #[error("external key id may only contain A-Z a-z 0-9 - . _")]
     BadCharacter,
+    /// The id is `.` or `..`, which are dot segments in a URI path (RFC 3986 §5.2.4).
+    #[error("external key id cannot be . or ..")]
+    DotSegment,
 }
 
 impl ExternalKeyId {
@@ -38,6 +41,10 @@ impl ExternalKeyId {
         let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
         if !raw.bytes().all(allowed) {
             return Err(KeyIdError::BadCharacter);
+        }
+        // Clients normalise these away before signing, so they could never authenticate.
+        if raw == "." || raw == ".." {
+            return Err(KeyIdError::DotSegment);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -88,6 +95,9 @@ mod tests {
             ExternalKeyId::parse(&"k".repeat(129)),
             Err(KeyIdError::TooLong)
         );
+        assert_eq!(ExternalKeyId::parse("."), Err(KeyIdError::DotSegment));
+        assert_eq!(ExternalKeyId::parse(".."), Err(KeyIdError::DotSegment));
+        assert!(ExternalKeyId::parse("...").is_ok());
         for bad in ["a/b", "a b", "a%2F", "ä", "a+b", "a:b"] {
             assert_eq!(
                 ExternalKeyId::parse(bad),

@@ -52,6 +52,8 @@ pub struct ProxyBuilder {
     /// Extra TOML for the first key store.
     pub store_a_extra: String,
     pub plaintext: bool,
+    /// Extra TOML for `[server]`.
+    pub server_extra: String,
     pub limits: String,
     pub request_timeout_ms: u64,
     pub backend: Option<Arc<dyn KeyBackend>>,
@@ -65,6 +67,7 @@ impl Default for ProxyBuilder {
             extra: String::new(),
             store_a_extra: String::new(),
             plaintext: false,
+            server_extra: String::new(),
             limits: String::new(),
             request_timeout_ms: 2_000,
             backend: None,
@@ -92,6 +95,7 @@ impl ProxyBuilder {
 [server]
 listen = "127.0.0.1:0"
 request_timeout_ms = {timeout}
+{server_extra}
 {transport}
 [limits]
 {limits}
@@ -123,6 +127,7 @@ secret = "{SECRET_B}"
 {extra}
 "#,
             timeout = self.request_timeout_ms,
+            server_extra = self.server_extra,
             limits = self.limits,
             module = softhsm::MODULE,
             token_label = softhsm::TOKEN_LABEL,
