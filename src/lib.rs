@@ -14,6 +14,7 @@ pub mod config;
 pub mod health;
 pub mod hsm;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 pub mod xks;

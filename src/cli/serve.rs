@@ -50,9 +50,11 @@ async fn serve_until_signal(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.server.listen))?;
     log_startup(&settings, &listener, &backend);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let state = Arc::new(AppState::new(
         &settings,
         Arc::clone(&backend) as Arc<dyn KeyBackend>,
+        metrics,
     ));
     let options = ServeOptions {
         max_connections: settings.server.max_connections.get(),

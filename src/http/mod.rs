@@ -25,6 +25,7 @@ use crate::auth::CredentialStore;
 use crate::config::{KeyStoreSettings, Limits, Settings};
 use crate::health::HealthService;
 use crate::hsm::KeyBackend;
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Everything a request needs; shared by all connections.
@@ -32,6 +33,7 @@ pub struct AppState {
     api: ArcSwap<ApiConfig>,
     backend: Arc<dyn KeyBackend>,
     health: HealthService,
+    metrics: Arc<Metrics>,
 }
 
 /// The part of the configuration requests read, swappable as a whole on reload.
@@ -97,19 +99,39 @@ impl ApiConfig {
     }
 }
 
+impl ApiConfig {
+    fn publish_credential_counts(&self, metrics: &Metrics) {
+        metrics.set_credentials(
+            self.stores
+                .iter()
+                .map(|s| (s.settings.name.as_str(), s.settings.credentials.len())),
+        );
+    }
+}
+
 impl AppState {
-    /// Creates the state from settings and a key backend.
-    pub fn new(settings: &Settings, backend: Arc<dyn KeyBackend>) -> Self {
+    /// Creates the state from settings, a key backend and the process's metrics.
+    pub fn new(settings: &Settings, backend: Arc<dyn KeyBackend>, metrics: Arc<Metrics>) -> Self {
+        let api = ApiConfig::new(settings);
+        api.publish_credential_counts(&metrics);
         Self {
-            api: ArcSwap::from_pointee(ApiConfig::new(settings)),
+            api: ArcSwap::from_pointee(api),
             health: HealthService::new(Arc::clone(&backend), &settings.health),
             backend,
+            metrics,
         }
     }
 
     /// Atomically replaces the request-facing configuration (credential rotation, ROT-2).
+    /// Requests in progress finish with the configuration they started with.
     pub fn replace_api_config(&self, config: ApiConfig) {
+        config.publish_credential_counts(&self.metrics);
         self.api.store(Arc::new(config));
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use xks_proxy::config::{self, Settings, Transport};
 use xks_proxy::hsm::KeyBackend;
 use xks_proxy::http::{AppState, router};
+use xks_proxy::metrics::Metrics;
 use xks_proxy::server::{ServeOptions, serve};
 
 pub use client::{Client, Reply};
@@ -143,7 +144,7 @@ secret = "{SECRET_B}"
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::clone(&token.backend) as Arc<dyn KeyBackend>);
-        let state = Arc::new(AppState::new(&settings, backend));
+        let state = Arc::new(AppState::new(&settings, backend, Arc::new(Metrics::new())));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
