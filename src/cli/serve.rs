@@ -18,21 +18,31 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
     let settings = super::load_settings(config)?;
     super::init_logging(&settings)?;
     warn_if_root();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let tls = match &settings.server.transport {
         Transport::Tls(tls) => {
-            Some(crate::tls::server_config(tls).map_err(|e| format!("server.tls: {e}"))?)
+            let material = crate::tls::load(tls, Some(Arc::clone(&metrics)))
+                .map_err(|e| format!("server.tls: {e}"))?;
+            metrics.set_tls_not_after(Some(material.leaf_not_after));
+            Some(material.config)
         }
         Transport::PlaintextBehindLoadBalancer => None,
     };
     let backend = Arc::new(
-        Pkcs11Backend::open(&settings.hsm).map_err(|e| format!("cannot open the HSM: {e}"))?,
+        Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(&metrics))
+            .map_err(|e| format!("cannot open the HSM: {e}"))?,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("xks-proxy")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(serve_until_signal(settings, tls, Arc::clone(&backend)));
+    let result = runtime.block_on(serve_until_signal(
+        settings,
+        tls,
+        Arc::clone(&backend),
+        metrics,
+    ));
     // Connections still draining hold the app state; once the runtime is gone the last
     // reference to the backend is ours, so its workers stop and `C_Finalize` runs here, on
     // the main thread, not on an async worker.
@@ -45,12 +55,12 @@ async fn serve_until_signal(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
     backend: Arc<Pkcs11Backend>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), String> {
     let listener = TcpListener::bind(settings.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.server.listen))?;
     log_startup(&settings, &listener, &backend);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     let state = Arc::new(AppState::new(
         &settings,
         Arc::clone(&backend) as Arc<dyn KeyBackend>,
