@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, AccessKeyId, LogFormat, Settings, Transport, UriPrefix};
+use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
 use crate::hsm::KeyUsage;
 use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::xks::ExternalKeyId;
@@ -263,22 +263,4 @@ fn init_cli_logging() {
         .with_writer(std::io::stderr)
         .with_env_filter("warn")
         .try_init();
-}
-
-/// Installs the global tracing subscriber for `serve`.
-pub(crate) fn init_logging(settings: &Settings) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
-        .map_err(|e| format!("logging.level: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let result = match settings.logging.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
 }

@@ -8,13 +8,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod health;
 pub mod hsm;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod xks;

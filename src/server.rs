@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -105,9 +106,45 @@ pub async fn serve_with_grace(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> io::Result<()> {
+    let tls = tls.map(TlsHandle::new);
+    serve_reloadable(listener, tls, app, options, shutdown, grace).await
+}
+
+/// The TLS configuration that new connections get. [`TlsHandle::replace`] swaps it
+/// atomically (certificate rotation, ROT-2-style reload); established connections keep the
+/// configuration they were accepted with, so nothing is dropped.
+#[derive(Clone)]
+pub struct TlsHandle(Arc<ArcSwap<rustls::ServerConfig>>);
+
+impl TlsHandle {
+    /// Wraps the initial configuration.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(ArcSwap::new(config)))
+    }
+
+    /// Installs a new configuration for connections accepted from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        self.0.store(config);
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.load_full()
+    }
+}
+
+/// [`serve_with_grace`] with a [`TlsHandle`] whose configuration can be replaced while
+/// serving.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    tls: Option<TlsHandle>,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = tls.is_some(), "listening");
-    let acceptor = tls.map(TlsAcceptor::from);
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let http = http_builder();
     let graceful = GracefulShutdown::new();
@@ -128,7 +165,9 @@ pub async fn serve_with_grace(
         };
         let conn = Conn {
             peer,
-            acceptor: acceptor.clone(),
+            acceptor: tls
+                .as_ref()
+                .map(|handle| TlsAcceptor::from(handle.current())),
             http: http.clone(),
             handshake_timeout: options.handshake_timeout,
             watcher: graceful.watcher(),

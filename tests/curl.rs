@@ -22,7 +22,7 @@ fn config(dir: &Path, ca: &Ca, client_auth: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {key:?}\n{client_auth}\n\
-             [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin_file = {:?}\n[logging]\nlevel = \"trace\"\nformat = \"json\"\n\
+             [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin_file = {:?}\n[logging]\nlevel = \"trace\"\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [[key_stores]]\npath_prefix = \"/tenant-a\"\n[[key_stores.credentials]]\naccess_key_id = \"{}\"\nsecret = \"{}\"\n",
             softhsm::MODULE,
             softhsm::TOKEN_LABEL,

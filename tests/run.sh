@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, docs, unit and integration tests against a real
-# SoftHSM2 token. Installs softhsm2, opensc (pkcs11-tool) and curl when they are missing.
+# SoftHSM2 token and a real Prometheus server, and the deployment files' checks. Installs
+# softhsm2, opensc (pkcs11-tool), curl, prometheus and systemd-analyze when they are missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -8,6 +9,8 @@ missing=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v curl >/dev/null || missing+=(curl)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -15,6 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+export XKS_REQUIRE_PROMETHEUS=1
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
@@ -23,4 +27,7 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo test --doc --locked
 else
     cargo test --locked --no-fail-fast
+fi
+if [ -x deploy/check.sh ]; then
+    ./deploy/check.sh
 fi

@@ -2,29 +2,39 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{ClientAuth, Settings, Transport};
 use crate::hsm::KeyBackend;
 use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::http::{AppState, router};
-use crate::server::{ServeOptions, serve};
+use crate::logging::LogLevelHandle;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::server::{ServeOptions, TlsHandle, serve_reloadable, serve_with_grace};
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// Connections the admin listener accepts at once (probes and a scraper).
+const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// The admin listener's shutdown grace: probes and scrapes are short.
+const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the configuration.
 pub(super) fn run(config: &Path) -> Result<(), String> {
     // Everything that can be wrong with the configuration is reported before any socket
     // is bound or the HSM is touched.
     let settings = super::load_settings(config)?;
-    super::init_logging(&settings)?;
+    let logging = crate::logging::init(&settings.logging)?;
     warn_if_root();
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(Metrics::new());
     let tls = match &settings.server.transport {
         Transport::Tls(tls) => {
             let material = crate::tls::load(tls, Some(Arc::clone(&metrics)))
                 .map_err(|e| format!("server.tls: {e}"))?;
             metrics.set_tls_not_after(Some(material.leaf_not_after));
-            Some(material.config)
+            Some(TlsHandle::new(material.config))
         }
         Transport::PlaintextBehindLoadBalancer => None,
     };
@@ -37,12 +47,15 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
         .thread_name("xks-proxy")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(serve_until_signal(
+    let running = Running {
+        config: config.to_owned(),
         settings,
         tls,
-        Arc::clone(&backend),
+        backend: Arc::clone(&backend),
         metrics,
-    ));
+        logging,
+    };
+    let result = runtime.block_on(running.serve_until_signal());
     // Connections still draining hold the app state; once the runtime is gone the last
     // reference to the backend is ours, so its workers stop and `C_Finalize` runs here, on
     // the main thread, not on an async worker.
@@ -51,37 +64,106 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
     result
 }
 
-async fn serve_until_signal(
+/// Everything `serve` built before the runtime started.
+struct Running {
+    config: std::path::PathBuf,
     settings: Settings,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<TlsHandle>,
     backend: Arc<Pkcs11Backend>,
-    metrics: Arc<crate::metrics::Metrics>,
-) -> Result<(), String> {
-    let listener = TcpListener::bind(settings.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.server.listen))?;
-    log_startup(&settings, &listener, &backend);
-    let state = Arc::new(AppState::new(
-        &settings,
-        Arc::clone(&backend) as Arc<dyn KeyBackend>,
-        metrics,
-    ));
-    let options = ServeOptions {
-        max_connections: settings.server.max_connections.get(),
-        handshake_timeout: settings.server.handshake_timeout,
-    };
-    serve(listener, tls, router(state), options, shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
-    tracing::info!("stopped");
-    Ok(())
+    metrics: Arc<Metrics>,
+    logging: LogLevelHandle,
 }
 
-fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Backend) {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+impl Running {
+    async fn serve_until_signal(self) -> Result<(), String> {
+        let settings = &self.settings;
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        };
+        let listener = bind(settings.server.listen).await?;
+        let admin_listener = bind(settings.admin.listen).await?;
+        log_startup(settings, &listener, &admin_listener, &self.backend);
+
+        let backend = Arc::clone(&self.backend) as Arc<dyn KeyBackend>;
+        let state = Arc::new(AppState::new(settings, backend, self.metrics));
+        let reloader = Arc::new(Reloader::new(
+            self.config.clone(),
+            settings.clone(),
+            Arc::clone(&state),
+            self.tls.clone(),
+            Some(self.logging),
+        ));
+        tokio::spawn(reload_on_sighup(Arc::clone(&reloader)));
+
+        let (stop, stopped) = watch::channel(false);
+        let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let main = serve_reloadable(
+            listener,
+            self.tls,
+            router(Arc::clone(&state)),
+            ServeOptions::from_settings(&settings.server),
+            wait_stop(stopped.clone()),
+            settings.server.shutdown_grace,
+        );
+        let admin_options = ServeOptions {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            handshake_timeout: settings.server.handshake_timeout,
+        };
+        let admin = serve_with_grace(
+            admin_listener,
+            None,
+            crate::admin::router(state, Some(reloader)),
+            admin_options,
+            wait_stop(stopped),
+            ADMIN_SHUTDOWN_GRACE,
+        );
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let (main, admin) = tokio::join!(main, admin);
+        main.and(admin).map_err(|e| format!("server failed: {e}"))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reloads the configuration on every SIGHUP (ROT-2).
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; use POST /admin/reload");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let reloader = Arc::clone(&reloader);
+            // Errors are logged and counted by the reloader.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
+}
+
+fn log_startup(
+    settings: &Settings,
+    listener: &TcpListener,
+    admin: &TcpListener,
+    backend: &Pkcs11Backend,
+) {
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = local(listener);
+    let admin_addr = local(admin);
     let transport = match &settings.server.transport {
         Transport::Tls(tls) => match &tls.client_auth {
             ClientAuth::Disabled => "https".to_owned(),
@@ -117,6 +199,7 @@ fn log_startup(settings: &Settings, listener: &TcpListener, backend: &Pkcs11Back
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %addr,
+        admin_listen = %admin_addr,
         transport,
         key_stores = %stores.join("; "),
         hsm_token = %identity.label,

@@ -39,6 +39,16 @@ pub struct Settings {
     pub key_stores: Vec<KeyStoreSettings>,
     /// Logging.
     pub logging: LoggingSettings,
+    /// The admin listener: metrics, probes, reload.
+    pub admin: AdminSettings,
+}
+
+/// The admin listener (plain HTTP): `GET /metrics`, `GET /healthz`, `GET /readyz`,
+/// `POST /admin/reload`. It is unauthenticated, so it defaults to loopback.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Address to bind, e.g. `127.0.0.1:9443`.
+    pub listen: SocketAddr,
 }
 
 /// The XKS listener.
@@ -54,6 +64,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Time budget of one XKS request inside the proxy (KMS allows 250 ms end to end, TR-8).
     pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 /// How the listener speaks.

@@ -20,6 +20,23 @@ pub(super) struct RawConfig {
     pub(super) key_stores: Vec<RawKeyStore>,
     #[serde(default)]
     pub(super) logging: RawLogging,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    #[serde(default = "defaults::admin_listen")]
+    pub(super) listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +52,8 @@ pub(super) struct RawServer {
     pub(super) handshake_timeout_ms: u64,
     #[serde(default = "defaults::request_timeout_ms")]
     pub(super) request_timeout_ms: u64,
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub(super) shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +178,13 @@ pub(super) mod defaults {
     /// Leaves KMS's 250 ms budget (TR-8) room for the network and the TLS handshake.
     pub(in crate::config) fn request_timeout_ms() -> u64 {
         200
+    }
+    pub(in crate::config) fn shutdown_grace_ms() -> u64 {
+        10_000
+    }
+    /// Metrics, probes and reload stay on loopback unless the operator opens them up.
+    pub(in crate::config) fn admin_listen() -> String {
+        "127.0.0.1:9443".into()
     }
     pub(in crate::config) fn max_body_bytes() -> usize {
         128 * 1024

@@ -14,8 +14,8 @@ use super::load::Errors;
 use super::raw::{RawClientAuth, RawConfig, RawCredential, RawHsm, RawKeyStore, RawServer};
 use super::types::{AccessKeyId, ClientSubjectName, UriPrefix};
 use super::{
-    ClientAuth, Credential, HealthSettings, HsmSettings, KeyStoreSettings, Limits, LogFormat,
-    LoggingSettings, ServerSettings, Settings, TlsSettings, TokenSelector, Transport,
+    AdminSettings, ClientAuth, Credential, HealthSettings, HsmSettings, KeyStoreSettings, Limits,
+    LogFormat, LoggingSettings, ServerSettings, Settings, TlsSettings, TokenSelector, Transport,
 };
 use crate::xks::ExternalKeyId;
 
@@ -26,6 +26,15 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
     let health = validate_health(&raw.health, errors);
     let key_stores = validate_key_stores(raw.key_stores, hsm.as_ref(), errors);
     let logging = validate_logging(raw.logging, errors);
+    let admin = errors
+        .check(
+            "admin.listen",
+            raw.admin
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|_| "must be an IP address and port, e.g. 127.0.0.1:9443".to_owned()),
+        )
+        .map(|listen| AdminSettings { listen });
     Some(Settings {
         server: server?,
         limits: limits?,
@@ -33,6 +42,7 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
         health: health?,
         key_stores,
         logging: logging?,
+        admin: admin?,
     })
 }
 
@@ -84,6 +94,12 @@ fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<ServerSettings
         1..=60_000,
         errors,
     );
+    let shutdown_grace = millis(
+        "server.shutdown_grace_ms",
+        raw.shutdown_grace_ms,
+        0..=600_000,
+        errors,
+    );
     let request_timeout = millis(
         "server.request_timeout_ms",
         raw.request_timeout_ms,
@@ -96,6 +112,7 @@ fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<ServerSettings
         max_connections: max_connections?,
         handshake_timeout: handshake_timeout?,
         request_timeout: request_timeout?,
+        shutdown_grace: shutdown_grace?,
     })
 }
 

@@ -138,6 +138,11 @@ impl AppState {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// Readiness: the HSM passes the (cached) deep health check before `deadline`.
+    pub async fn ready(&self, deadline: std::time::Instant) -> Result<(), crate::xks::XksError> {
+        self.health.status(deadline).await.map(|_| ())
+    }
 }
 
 /// The application: `/ping` plus the XKS API behind one fallback that does its own routing.

@@ -25,6 +25,8 @@ pub fn run(args: &[&str]) -> Output {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (metrics, probes, reload).
+    pub admin_addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -60,7 +62,13 @@ impl Server {
             if line.contains("xks-proxy started") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let addr = value["listen"].as_str().unwrap().parse().unwrap();
-                return Self { child, addr, log };
+                let admin_addr = value["admin_listen"].as_str().unwrap().parse().unwrap();
+                return Self {
+                    child,
+                    addr,
+                    admin_addr,
+                    log,
+                };
             }
         }
     }
@@ -82,6 +90,31 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("xks-proxy did not stop within 10 s of SIGTERM");
+    }
+
+    /// Sends SIGHUP (configuration reload).
+    pub fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits up to 10 s for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within 10 s"),
+            }
+        }
     }
 
     /// Every log line printed so far.

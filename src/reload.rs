@@ -1,0 +1,197 @@
+//! Configuration reload without dropping connections (ROT-2): on SIGHUP or
+//! `POST /admin/reload` the file is read and validated again, and only if everything in it is
+//! valid are the key stores and credentials, the limits, the TLS certificate and mTLS
+//! settings, and the log level swapped in atomically. Requests in progress finish with the
+//! configuration they started with; established TLS connections keep theirs.
+//!
+//! What a reload cannot change (listen addresses, TLS on/off, the HSM module, token, PIN and
+//! pool sizes, health reporting, log format) keeps its running value and is named in the log
+//! and in the report as needing a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use crate::config::{self, Settings, Transport};
+use crate::http::{ApiConfig, AppState};
+use crate::logging::LogLevelHandle;
+use crate::server::TlsHandle;
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// Key stores now served.
+    pub key_stores: usize,
+    /// Credentials now accepted, over all key stores.
+    pub credentials: usize,
+    /// Whether a new TLS configuration was installed.
+    pub tls_reloaded: bool,
+    /// Changed settings that keep their old value until a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Re-reads the configuration file and swaps in what can change at runtime.
+pub struct Reloader {
+    path: PathBuf,
+    state: Arc<AppState>,
+    tls: Option<TlsHandle>,
+    logging: Option<LogLevelHandle>,
+    /// The settings in effect; also serialises concurrent reloads.
+    running: Mutex<Settings>,
+}
+
+impl Reloader {
+    /// `running` is what the process started with.
+    pub fn new(
+        path: PathBuf,
+        running: Settings,
+        state: Arc<AppState>,
+        tls: Option<TlsHandle>,
+        logging: Option<LogLevelHandle>,
+    ) -> Self {
+        Self {
+            path,
+            state,
+            tls,
+            logging,
+            running: Mutex::new(running),
+        }
+    }
+
+    /// Reloads; on any error nothing changes and the old configuration keeps serving.
+    /// Blocking (file reads); call it from a blocking thread.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let result = self.try_reload();
+        self.state.metrics().reload(result.is_ok());
+        match result {
+            Ok((report, level)) => {
+                tracing::info!(
+                    key_stores = report.key_stores,
+                    credentials = report.credentials,
+                    tls_reloaded = report.tls_reloaded,
+                    restart_required = ?report.restart_required,
+                    "configuration reloaded"
+                );
+                // Applied last, so the confirmation above is logged at the old level.
+                if let Some(logging) = &self.logging
+                    && let Err(error) = logging.set(&level)
+                {
+                    tracing::error!(%error, "cannot apply the new log level");
+                }
+                Ok(report)
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "configuration reload rejected; the old configuration stays in effect"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Validates and swaps; returns the report and the log level still to apply.
+    fn try_reload(&self) -> Result<(ReloadReport, String), String> {
+        let mut running = self.running.lock();
+        let new = config::load(&self.path).map_err(|e| e.to_string())?;
+        let restart_required = restart_required(&running, &new);
+        // Build everything that can fail before swapping anything.
+        let tls = match (&new.server.transport, &self.tls) {
+            (Transport::Tls(settings), Some(_)) => {
+                let metrics = Some(Arc::clone(self.state.metrics()));
+                Some(crate::tls::load(settings, metrics).map_err(|e| format!("server.tls: {e}"))?)
+            }
+            _ => None,
+        };
+        tracing_subscriber::EnvFilter::try_new(&new.logging.level)
+            .map_err(|e| format!("logging.level: {e}"))?;
+        let tls_reloaded = match (tls, &self.tls) {
+            (Some(material), Some(handle)) => {
+                handle.replace(material.config);
+                self.state
+                    .metrics()
+                    .set_tls_not_after(Some(material.leaf_not_after));
+                true
+            }
+            _ => false,
+        };
+        self.state.replace_api_config(ApiConfig::new(&new));
+        if !restart_required.is_empty() {
+            tracing::warn!(
+                settings = ?restart_required,
+                "these settings changed but need a restart to take effect"
+            );
+        }
+        let report = ReloadReport {
+            key_stores: new.key_stores.len(),
+            credentials: new.key_stores.iter().map(|s| s.credentials.len()).sum(),
+            tls_reloaded,
+            restart_required,
+        };
+        let level = new.logging.level.clone();
+        *running = new;
+        Ok((report, level))
+    }
+}
+
+/// The settings a reload cannot apply that differ between `old` and `new`.
+fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let (o, n) = (&old.hsm, &new.hsm);
+    let same_transport = matches!(
+        (&old.server.transport, &new.server.transport),
+        (Transport::Tls(_), Transport::Tls(_))
+            | (
+                Transport::PlaintextBehindLoadBalancer,
+                Transport::PlaintextBehindLoadBalancer
+            )
+    );
+    let checks = [
+        ("server.listen", old.server.listen != new.server.listen),
+        (
+            "server.tls / plaintext_behind_load_balancer",
+            !same_transport,
+        ),
+        (
+            "server.max_connections",
+            old.server.max_connections != new.server.max_connections,
+        ),
+        (
+            "server.handshake_timeout_ms",
+            old.server.handshake_timeout != new.server.handshake_timeout,
+        ),
+        (
+            "server.shutdown_grace_ms",
+            old.server.shutdown_grace != new.server.shutdown_grace,
+        ),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("hsm.module", o.module != n.module),
+        ("hsm.token_label / token_serial", o.token != n.token),
+        (
+            "hsm.user_pin",
+            o.user_pin.expose_secret() != n.user_pin.expose_secret(),
+        ),
+        ("hsm.sessions", o.sessions != n.sessions),
+        ("hsm.queue_depth", o.queue_depth != n.queue_depth),
+        (
+            "hsm.health_key_label",
+            o.health_key_label != n.health_key_label,
+        ),
+        (
+            "health.proxy_fleet_size",
+            old.health.proxy_fleet_size != new.health.proxy_fleet_size,
+        ),
+        (
+            "health.cache_ttl_seconds",
+            old.health.cache_ttl != new.health.cache_ttl,
+        ),
+        ("logging.format", old.logging.format != new.logging.format),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| name)
+        .collect()
+}
