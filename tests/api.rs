@@ -901,7 +901,10 @@ async fn metrics_count_requests_auth_failures_and_health() {
         .await
         .assert_ok();
     client
-        .post(&key_path("/tenant-a", "no-such-key", "metadata"), &bodies::metadata())
+        .post(
+            &key_path("/tenant-a", "no-such-key", "metadata"),
+            &bodies::metadata(),
+        )
         .await
         .assert_error(404, "KeyNotFoundException");
     client
