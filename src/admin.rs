@@ -3,7 +3,8 @@
 //! Plain HTTP and unauthenticated, so it binds to loopback unless the operator chooses
 //! otherwise (and then protects it with a network policy). It never serves the XKS API.
 //!
-//! - `GET /metrics`: every metric in the OpenMetrics text format.
+//! - `GET /metrics`: every metric, in OpenMetrics when the `Accept` header asks for it (as
+//!   Prometheus does), else in the Prometheus text format 0.0.4 (curl, `promtool`).
 //! - `GET /healthz`: 200 while the process runs (liveness).
 //! - `GET /readyz`: 200 when the HSM passes the deep health check (cached as for
 //!   GetHealthStatus), else 503 (readiness: take the replica out of the load balancer).
@@ -17,14 +18,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use crate::http::{AppState, json_response};
 use crate::reload::Reloader;
-
-/// Content type of the metrics exposition (prometheus-client writes OpenMetrics text).
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Time a readiness probe may spend on a fresh deep health check.
 const READINESS_BUDGET: Duration = Duration::from_secs(2);
@@ -45,11 +43,13 @@ pub fn router(app: Arc<AppState>, reloader: Option<Arc<Reloader>>) -> Router {
         .with_state(Arc::new(Admin { app, reloader }))
 }
 
-async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    let mut response = admin.app.metrics().render().into_response();
+async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = admin.app.metrics().exposition(accept);
+    let mut response = body.into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

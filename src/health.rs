@@ -3,6 +3,10 @@
 //! The answer comes from a deep check — a real encrypt and decrypt on the dedicated
 //! health-check key, done by the backend (H-2, H-3) — cached for at most `cache_ttl` (≤ 60 s,
 //! H-14, H-15). Concurrent requests share one check instead of each hitting the HSM.
+//!
+//! Every fresh check sets `xks_hsm_health_state{member}` per member (2 ACTIVE, 1 DEGRADED,
+//! 0 UNAVAILABLE); a check that fails outright marks the backend's own member 0. A check
+//! that never ran (queue full, deadline passed) leaves the gauges as they were.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::config::HealthSettings;
 use crate::hsm::{HsmError, HsmHealth, KeyBackend, MemberStatus};
+use crate::metrics::Metrics;
 use crate::xks::wire::{EkmFleetMember, HealthResponse};
 use crate::xks::{ErrorName, XksError};
 
@@ -26,16 +31,22 @@ pub struct HealthService {
     fleet_size: u32,
     ttl: Duration,
     cache: Mutex<Option<(Instant, HsmHealth)>>,
+    metrics: Arc<Metrics>,
 }
 
 impl HealthService {
-    /// Creates the service.
-    pub fn new(backend: Arc<dyn KeyBackend>, settings: &HealthSettings) -> Self {
+    /// Creates the service; the outcome of every deep check is recorded in `metrics`.
+    pub fn new(
+        backend: Arc<dyn KeyBackend>,
+        settings: &HealthSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             backend,
             fleet_size: settings.proxy_fleet_size,
             ttl: settings.cache_ttl,
             cache: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -96,9 +107,20 @@ impl HealthService {
                 HsmError::Busy => XksError::from(HsmError::Busy),
                 other => {
                     tracing::error!(error = %other, "deep health check failed");
+                    if let Some(member) = self.backend.member_id() {
+                        self.metrics.set_hsm_health(member, 0);
+                    }
                     XksError::internal("the external key manager health check failed")
                 }
             })?;
+        for member in &health.members {
+            let state = match member.status {
+                MemberStatus::Active => 2,
+                MemberStatus::Degraded => 1,
+                MemberStatus::Unavailable => 0,
+            };
+            self.metrics.set_hsm_health(&member.id, state);
+        }
         // A result with no usable member is not cached either: the next poll re-checks, so a
         // recovered HSM is reported at once instead of after the TTL.
         if health
@@ -178,8 +200,13 @@ mod tests {
             proxy_fleet_size: 3,
             cache_ttl: ttl,
         };
+        let metrics = Arc::new(Metrics::new());
         (
-            HealthService::new(Arc::clone(&backend) as Arc<dyn KeyBackend>, &settings),
+            HealthService::new(
+                Arc::clone(&backend) as Arc<dyn KeyBackend>,
+                &settings,
+                metrics,
+            ),
             backend,
         )
     }
@@ -207,6 +234,15 @@ mod tests {
         assert_eq!(resp.ekm_fleet_details.len(), 10);
         assert_eq!(resp.ekm_fleet_details[3].health_status, "DEGRADED");
         assert_eq!(resp.ekm_fleet_details[0].health_status, "UNAVAILABLE");
+        // Every member gets a gauge, also those beyond the ten the wire can list.
+        let text = svc.metrics.render();
+        for line in [
+            r#"xks_hsm_health_state{member="hsm-3"} 1"#,
+            r#"xks_hsm_health_state{member="hsm-0"} 0"#,
+            r#"xks_hsm_health_state{member="hsm-11"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 
     #[tokio::test]
@@ -247,6 +283,11 @@ mod tests {
         for _ in 0..5 {
             svc.status(deadline()).await.unwrap();
         }
+        let text = svc.metrics.render();
+        assert!(
+            text.contains(r#"xks_hsm_health_state{member="hsm-1"} 2"#),
+            "{text}"
+        );
         assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(250)).await;
         svc.status(deadline()).await.unwrap();

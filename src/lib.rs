@@ -5,6 +5,8 @@
 //! CDIV) → [`hsm`] (the `KeyBackend` trait; PKCS#11 via cryptoki on dedicated threads).
 //! [`health`] answers GetHealthStatus; [`config`] turns TOML and environment into validated
 //! [`config::Settings`]; [`cli`] implements the `xks-proxy` subcommands.
+//! Every XKS request leaves one audit line ([`http::audit`]) and is counted in [`metrics`],
+//! which the [`admin`] listener serves to Prometheus.
 
 #![forbid(unsafe_code)]
 

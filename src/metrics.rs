@@ -4,17 +4,31 @@
 //! each records through a small method here so metric names, labels and units live in one
 //! file. Names follow Prometheus conventions: `xks_` prefix, base units (seconds), `_total` on
 //! counters. Latency buckets resolve 0.5 ms–1 s, around the 250 ms KMS deadline (TR-8).
+//!
+//! Two expositions of the same registry: OpenMetrics 1.0 ([`Metrics::render`], what
+//! Prometheus asks for first) and the Prometheus text format 0.0.4 ([`Metrics::render_text`],
+//! what `curl` and `promtool check metrics` read). [`Metrics::exposition`] picks one from the
+//! scraper's `Accept` header and returns the matching `Content-Type`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+/// `Content-Type` of [`Metrics::render`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of [`Metrics::render_text`].
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Request latency buckets in seconds: fine below 25 ms, then around the 250 ms deadline.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -93,9 +107,15 @@ pub struct Metrics {
     hsm_health: Family<MemberLabel, Gauge>,
     credentials: Family<KeyStoreLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
-    tls_expiry: Gauge<f64, AtomicU64>,
-    /// notAfter of the serving certificate, Unix seconds; 0 when TLS is off.
-    tls_not_after: AtomicI64,
+    /// notAfter of the serving certificate, Unix seconds; 0 when TLS is off. Read by the
+    /// [`TlsExpiry`] collector at every scrape.
+    tls_not_after: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -166,13 +186,8 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             reloads.clone(),
         );
-        let tls_expiry = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "tls_certificate_expiry",
-            "Time until the serving TLS certificate expires (negative once expired)",
-            Unit::Seconds,
-            tls_expiry.clone(),
-        );
+        let tls_not_after = Arc::new(AtomicI64::new(0));
+        registry.register_collector(Box::new(TlsExpiry(Arc::clone(&tls_not_after))));
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -191,8 +206,7 @@ impl Metrics {
             hsm_health,
             credentials,
             reloads,
-            tls_expiry,
-            tls_not_after: AtomicI64::new(0),
+            tls_not_after,
         }
     }
 
@@ -254,6 +268,16 @@ impl Metrics {
             .dec_by(delta);
     }
 
+    /// Adds `delta` (negative to remove) to the worker sessions in a state (`in_use` or
+    /// `idle`): a session opened, lost or closed outside the idle ↔ in-use cycle.
+    pub fn add_hsm_sessions(&self, state: &str, delta: i64) {
+        self.hsm_sessions
+            .get_or_create(&SessionStateLabel {
+                state: state.into(),
+            })
+            .inc_by(delta);
+    }
+
     /// Records a member's health: 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE.
     pub fn set_hsm_health(&self, member: &str, state: i64) {
         self.hsm_health
@@ -295,21 +319,110 @@ impl Metrics {
         self.tls_not_after.store(secs, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics 1.0 exposition of every metric ([`OPENMETRICS_CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let not_after = self.tls_not_after.load(Ordering::Relaxed);
-        if not_after != 0 {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            self.tls_expiry.set(not_after as f64 - now);
-        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
             let _ = writeln!(out, "# metrics encoding failed");
         }
         out
+    }
+
+    /// The Prometheus text format 0.0.4 exposition of every metric ([`TEXT_CONTENT_TYPE`]).
+    ///
+    /// Derived from [`Metrics::render`]: OpenMetrics names a counter family without its
+    /// `_total` suffix in `# HELP`/`# TYPE` and adds `# UNIT` and `# EOF`, none of which the
+    /// 0.0.4 format has. Our families use only counters, gauges and histograms, whose samples
+    /// are written identically in both formats.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+
+    /// The exposition a scraper asked for with `accept` (its `Accept` header), and its
+    /// `Content-Type`: OpenMetrics when `application/openmetrics-text` is acceptable (what
+    /// Prometheus sends), else the 0.0.4 text format.
+    pub fn exposition(&self, accept: Option<&str>) -> (&'static str, String) {
+        if accept.is_some_and(accepts_openmetrics) {
+            (OPENMETRICS_CONTENT_TYPE, self.render())
+        } else {
+            (TEXT_CONTENT_TYPE, self.render_text())
+        }
+    }
+}
+
+/// Whether an `Accept` header lists `application/openmetrics-text` with a non-zero quality.
+fn accepts_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let quality = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, q)| q.trim().parse::<f64>().ok())
+            .unwrap_or(1.0);
+        media.eq_ignore_ascii_case("application/openmetrics-text") && quality > 0.0
+    })
+}
+
+/// Rewrites an OpenMetrics exposition of counters, gauges and histograms into the
+/// Prometheus text format 0.0.4 (see [`Metrics::render_text`]).
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|kind| Some((kind, line.strip_prefix(kind)?)));
+        match descriptor {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(&name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "{kind}{name}{suffix} {tail}");
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `xks_tls_certificate_expiry_seconds`, computed at scrape time from the stored `notAfter`;
+/// no sample at all while TLS is off, so that an expiry alert cannot fire for a plaintext
+/// listener.
+#[derive(Debug)]
+struct TlsExpiry(Arc<AtomicI64>);
+
+impl Collector for TlsExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let not_after = self.0.load(Ordering::Relaxed);
+        if not_after == 0 {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let gauge = ConstGauge::new(not_after as f64 - now);
+        let metric = encoder.encode_descriptor(
+            "tls_certificate_expiry",
+            "Time until the serving TLS certificate expires (negative once expired).",
+            Some(&Unit::Seconds),
+            ConstGauge::<f64>::TYPE,
+        )?;
+        gauge.encode(metric)
     }
 }
 
@@ -370,5 +483,59 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert!((86_000.0..=86_400.0).contains(&expiry), "{expiry}");
+    }
+
+    #[test]
+    fn text_format_names_counter_families_with_total_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new();
+        m.auth_failed("a", "mtls");
+        m.request_finished(
+            RequestLabels {
+                key_store: "none".into(),
+                operation: "unknown".into(),
+                status: 404,
+                error_name: "InvalidUriPathException".into(),
+            },
+            Duration::from_millis(1),
+        );
+        assert!(
+            !m.render().contains("tls_certificate_expiry_seconds "),
+            "TLS off: no sample"
+        );
+        let text = m.render_text();
+        for line in [
+            "# HELP xks_requests_total XKS API requests",
+            "# TYPE xks_requests_total counter",
+            "# TYPE xks_authentication_failures_total counter",
+            r#"xks_authentication_failures_total{key_store="a",reason="mtls"} 1"#,
+            "# TYPE xks_request_duration_seconds histogram",
+            "# TYPE xks_requests_in_flight gauge",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(!text.contains("# TYPE xks_requests counter"), "{text}");
+    }
+
+    #[test]
+    fn exposition_follows_the_accept_header() {
+        let m = Metrics::new();
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let (content_type, body) = m.exposition(Some(prometheus));
+        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(body.ends_with("# EOF\n"));
+        for accept in [
+            None,
+            Some("*/*"),
+            Some("text/plain"),
+            Some("application/openmetrics-text; q=0"),
+        ] {
+            let (content_type, body) = m.exposition(accept);
+            assert_eq!(content_type, TEXT_CONTENT_TYPE, "{accept:?}");
+            assert!(!body.contains("# EOF"));
+        }
     }
 }

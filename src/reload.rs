@@ -101,7 +101,8 @@ impl Reloader {
         // Build everything that can fail before swapping anything.
         let tls = match (&new.server.transport, &self.tls) {
             (Transport::Tls(settings), Some(_)) => {
-                Some(crate::tls::load(settings).map_err(|e| format!("server.tls: {e}"))?)
+                let metrics = Some(Arc::clone(self.state.metrics()));
+                Some(crate::tls::load(settings, metrics).map_err(|e| format!("server.tls: {e}"))?)
             }
             _ => None,
         };

@@ -879,3 +879,112 @@ async fn tr_12_a_body_that_never_arrives_is_answered_not_waited_for() {
         "{response}"
     );
 }
+
+/// The value of the sample `series` (name and labels exactly as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Issue "Metrics": requests by key store, operation, status and errorName, with bounded
+/// labels for unknown paths; latency by operation; authentication failures by reason;
+/// in-flight back to zero; credentials per store; member health from the deep check.
+#[tokio::test]
+async fn metrics_count_requests_auth_failures_and_health() {
+    let proxy = Proxy::start().await;
+    let client = proxy.client();
+    let key = ed_key();
+    let encrypt = bodies::encrypt(b"metrics", None, false);
+    client
+        .post(&key_path("/tenant-a", &key, "encrypt"), &encrypt)
+        .await
+        .assert_ok();
+    client
+        .post(
+            &key_path("/tenant-a", "no-such-key", "metadata"),
+            &bodies::metadata(),
+        )
+        .await
+        .assert_error(404, "KeyNotFoundException");
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    let bad_secret = Signer::new(support::AKID_A1, SECRET_B);
+    client
+        .clone()
+        .signer(Some(bad_secret))
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(401, "AuthenticationFailedException");
+    let mut skewed = proxy.client().signer(Some(Signer::new(AKID_B, SECRET_B)));
+    skewed.signing_time = Some(OffsetDateTime::now_utc() - time::Duration::seconds(600));
+    skewed
+        .post("/tenant-b/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(401, "AuthenticationFailedException");
+    // Unknown paths must not mint label values: they all count under none/unknown.
+    for path in ["/x/kms/xks/v1/health", "/y/kms/xks/v1/health", "/whatever"] {
+        client
+            .post(path, &bodies::health())
+            .await
+            .assert_error(404, "InvalidUriPathException");
+    }
+
+    let text = proxy.metrics.render_text();
+    let expect = [
+        (
+            r#"xks_requests_total{key_store="tenant-a",operation="Encrypt",status="200",error_name=""}"#,
+            1.0,
+        ),
+        (
+            r#"xks_requests_total{key_store="tenant-a",operation="GetKeyMetadata",status="404",error_name="KeyNotFoundException"}"#,
+            1.0,
+        ),
+        (
+            r#"xks_requests_total{key_store="tenant-a",operation="GetHealthStatus",status="200",error_name=""}"#,
+            1.0,
+        ),
+        (
+            r#"xks_requests_total{key_store="tenant-a",operation="GetHealthStatus",status="401",error_name="AuthenticationFailedException"}"#,
+            1.0,
+        ),
+        (
+            r#"xks_requests_total{key_store="none",operation="unknown",status="404",error_name="InvalidUriPathException"}"#,
+            3.0,
+        ),
+        (
+            r#"xks_authentication_failures_total{key_store="tenant-a",reason="bad_signature"}"#,
+            1.0,
+        ),
+        (
+            r#"xks_authentication_failures_total{key_store="tenant-b",reason="clock_skew"}"#,
+            1.0,
+        ),
+        (
+            r#"xks_request_duration_seconds_count{operation="Encrypt"}"#,
+            1.0,
+        ),
+        (
+            r#"xks_request_duration_seconds_count{operation="unknown"}"#,
+            3.0,
+        ),
+        ("xks_requests_in_flight", 0.0),
+        (r#"xks_key_store_credentials{key_store="tenant-a"}"#, 2.0),
+        (r#"xks_key_store_credentials{key_store="tenant-b"}"#, 1.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert_eq!(
+        text.matches("xks_requests_total{").count(),
+        6,
+        "no other label sets: {text}"
+    );
+    let health = text
+        .lines()
+        .find(|l| l.starts_with("xks_hsm_health_state{member="))
+        .unwrap_or_else(|| panic!("no member health in\n{text}"));
+    assert!(health.ends_with(" 2"), "{health}");
+}

@@ -106,22 +106,19 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
     let ca_file = ca.write(dir.path(), "ca");
     let server = Server::start(&config(dir.path(), &ca, ""));
 
-    // Canaries: none of these may appear in the log, even at trace level (LOG-2, LOG-8, E-2,
-    // D-9), in raw or Base64 form.
-    let aad = b"CANARY-AAD-5c1e0d";
     for (extra, version) in [(&[][..], "2"), (&["--http1.1"][..], "1.1")] {
-        let plaintext = format!("CANARY-PLAINTEXT-9b2f over HTTP/{version}");
+        let plaintext = format!("round trip over HTTP/{version}");
         let path = format!("/tenant-a/kms/xks/v1/keys/{key}/encrypt");
         let (enc, meta) = curl(
             &server,
             &ca_file,
             &path,
-            &bodies::encrypt(plaintext.as_bytes(), Some(aad), true),
+            &bodies::encrypt(plaintext.as_bytes(), Some(b"aad"), true),
             extra,
         );
         assert_eq!(meta, format!("200 {version}"));
         assert!(enc["ciphertextDataIntegrityValue"].is_string());
-        let dec = bodies::decrypt_from(&enc, Some(aad)).to_string();
+        let dec = bodies::decrypt_from(&enc, Some(b"aad")).to_string();
         let path = format!("/tenant-a/kms/xks/v1/keys/{key}/decrypt");
         let (plain, meta) = curl(&server, &ca_file, &path, dec.as_bytes(), extra);
         assert_eq!(meta, format!("200 {version}"));
@@ -136,37 +133,256 @@ fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
     );
     assert_eq!(health["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
 
-    // LOG-1: one line per request with the kmsRequestId.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let log = server.drain_log().join("\n");
-    assert!(
-        log.contains("4112f4d6-db54-4af4-ae30-c55a22a8dfae"),
-        "{log}"
+    let status = server.terminate();
+    assert!(status.success(), "exit status on SIGTERM: {status:?}");
+}
+
+/// `body` with `requestMetadata.<field>` set to `value`.
+fn with_metadata(body: &[u8], field: &str, value: &str) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    json["requestMetadata"][field] = value.into();
+    json.to_string().into_bytes()
+}
+
+/// What one audit line must say; `None` means the field must be absent.
+struct Expected {
+    request_id: Option<&'static str>,
+    operation: Option<&'static str>,
+    status: u64,
+    error_name: Option<&'static str>,
+    reached_hsm: bool,
+}
+
+/// LOG-1…LOG-8 and the audit log: exactly one JSON audit line per request (target
+/// `xks_proxy::audit`) with the request metadata, outcome, errorName, reason, duration and
+/// HSM member, for every operation and for failures; and, with the whole process logging at
+/// trace level, no canary plaintext or AAD (raw or Base64), secret, PIN or signature anywhere
+/// in the output (LOG-2, LOG-8, E-2, D-9).
+#[test]
+fn log_1_to_log_8_one_audit_line_per_request_and_no_canary_at_trace_level() {
+    let key = softhsm::create_key("audit", &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("audit CA");
+    let ca_file = ca.write(dir.path(), "ca");
+    let server = Server::start(&config(dir.path(), &ca, ""));
+    let _ = server.drain_log();
+
+    let plaintext = b"CANARY-PLAINTEXT-9b2f";
+    let aad = b"CANARY-AAD-5c1e0d";
+    let keys = |op: &str| format!("/tenant-a/kms/xks/v1/keys/{key}/{op}");
+    let http1: &[&str] = &["--http1.1"];
+    let bad_secret = format!("{}:{}", support::AKID_A1, support::SECRET_B);
+    let mut expected = Vec::new();
+    let mut call = |path: &str, body: Vec<u8>, extra: &[&str], want: Expected| {
+        let (reply, meta) = curl(&server, &ca_file, path, &body, extra);
+        let status = if want.error_name.is_some() {
+            "4"
+        } else {
+            "200"
+        };
+        assert!(meta.starts_with(status), "{path}: {meta} {reply}");
+        expected.push(want);
+        reply
+    };
+
+    let encrypt = |id, cdiv| {
+        with_metadata(
+            &bodies::encrypt(plaintext, Some(aad), cdiv),
+            "kmsRequestId",
+            id,
+        )
+    };
+    let ok = |id, operation| Expected {
+        request_id: Some(id),
+        operation: Some(operation),
+        status: 200,
+        error_name: None,
+        reached_hsm: true,
+    };
+    call(
+        &keys("encrypt"),
+        encrypt("audit-encrypt-cdiv", true),
+        &[],
+        ok("audit-encrypt-cdiv", "Encrypt"),
     );
+    let sealed = call(
+        &keys("encrypt"),
+        encrypt("audit-encrypt", false),
+        http1,
+        ok("audit-encrypt", "Encrypt"),
+    );
+    let decrypt = |id, aad: &[u8]| {
+        let body = bodies::decrypt_from(&sealed, Some(aad)).to_string();
+        with_metadata(body.as_bytes(), "kmsRequestId", id)
+    };
+    call(
+        &keys("decrypt"),
+        decrypt("audit-decrypt", aad),
+        &[],
+        ok("audit-decrypt", "Decrypt"),
+    );
+    call(
+        &keys("decrypt"),
+        decrypt("audit-decrypt-wrong-aad", b"CANARY-AAD-wrong"),
+        http1,
+        Expected {
+            status: 400,
+            error_name: Some("InvalidCiphertextException"),
+            ..ok("audit-decrypt-wrong-aad", "Decrypt")
+        },
+    );
+    let metadata = with_metadata(&bodies::metadata(), "kmsRequestId", "audit-metadata");
+    let metadata = with_metadata(&metadata, "awsSourceVpc", "vpc-0123abcd");
+    let metadata = with_metadata(&metadata, "awsSourceVpce", "vpce-0123abcd");
+    call(
+        &keys("metadata"),
+        metadata,
+        &[],
+        ok("audit-metadata", "GetKeyMetadata"),
+    );
+    let health = with_metadata(&bodies::health(), "kmsRequestId", "audit-health");
+    call(
+        "/tenant-a/kms/xks/v1/health",
+        health,
+        &[],
+        ok("audit-health", "GetHealthStatus"),
+    );
+    call(
+        &keys("encrypt"),
+        encrypt("audit-bad-signature", false),
+        &["--user", &bad_secret],
+        Expected {
+            request_id: None,
+            operation: Some("Encrypt"),
+            status: 401,
+            error_name: Some("AuthenticationFailedException"),
+            reached_hsm: false,
+        },
+    );
+    call(
+        "/tenant-a/kms/xks/v1/keys/audit-no-such-key/encrypt",
+        encrypt("audit-unknown-key", false),
+        &[],
+        Expected {
+            status: 404,
+            error_name: Some("KeyNotFoundException"),
+            ..ok("audit-unknown-key", "Encrypt")
+        },
+    );
+    call(
+        "/tenant-a/invalid/kms/xks/v1/health",
+        bodies::health(),
+        &[],
+        Expected {
+            request_id: None,
+            operation: None,
+            status: 404,
+            error_name: Some("InvalidUriPathException"),
+            reached_hsm: false,
+        },
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = server.drain_log();
+    let log = lines.join("\n");
     assert!(
         log.len() > 10_000,
         "trace logging was not on ({} bytes)",
         log.len()
     );
+    let audit: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|_| panic!("not JSON: {line}"))
+        })
+        .filter(|line| line["target"] == "xks_proxy::audit")
+        .collect();
+    assert_eq!(
+        audit.len(),
+        expected.len(),
+        "one audit line per request:\n{audit:#?}"
+    );
+    for (line, want) in audit.iter().zip(&expected) {
+        let context = format!("{line:#}");
+        assert_eq!(
+            line["kms_request_id"].as_str(),
+            want.request_id,
+            "{context}"
+        );
+        assert_eq!(line["operation"].as_str(), want.operation, "{context}");
+        assert_eq!(line["status"].as_u64(), Some(want.status), "{context}");
+        assert_eq!(line["error_name"].as_str(), want.error_name, "{context}");
+        let outcome = if want.error_name.is_some() {
+            "failure"
+        } else {
+            "success"
+        };
+        assert_eq!(line["outcome"], outcome, "{context}");
+        assert_eq!(
+            line["reason"].is_string(),
+            want.error_name.is_some(),
+            "{context}"
+        );
+        assert_eq!(
+            line["hsm_member"].is_string(),
+            want.reached_hsm,
+            "{context}"
+        );
+        assert!(line["duration_us"].is_u64(), "{context}");
+        assert!(line["timestamp"].is_string(), "{context}");
+        assert_eq!(line["level"], "INFO", "{context}");
+        let store = if want.operation.is_some() {
+            Some("tenant-a")
+        } else {
+            None
+        };
+        assert_eq!(line["key_store"].as_str(), store, "{context}");
+    }
+    // Field by field where the request says what to expect.
+    let by_id = |id: &str| audit.iter().find(|l| l["kms_request_id"] == id).unwrap();
+    let encrypted = by_id("audit-encrypt-cdiv");
+    assert_eq!(encrypted["kms_operation"], "Encrypt");
+    assert_eq!(
+        encrypted["aws_principal_arn"],
+        "arn:aws:iam::123456789012:user/Alice"
+    );
+    assert!(
+        encrypted["kms_key_arn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:kms:us-east-1:")
+    );
+    assert_eq!(encrypted["kms_via_service"], "ebs");
+    assert_eq!(encrypted["external_key_id"], key.as_str());
+    assert_eq!(encrypted["data_bytes"], plaintext.len());
+    assert_eq!(encrypted["aad_bytes"], aad.len());
+    let metadata = by_id("audit-metadata");
+    assert_eq!(metadata["aws_source_vpc"], "vpc-0123abcd");
+    assert_eq!(metadata["aws_source_vpce"], "vpce-0123abcd");
+    assert!(metadata.get("kms_key_arn").is_none(), "{metadata}");
+    assert!(encrypted.get("aws_source_vpc").is_none(), "{encrypted}");
+    assert_eq!(audit[6]["reason"], "bad_signature");
+    assert_eq!(audit[6]["external_key_id"], key.as_str());
+    assert_eq!(by_id("audit-decrypt-wrong-aad")["aad_bytes"], 16);
+
     let mut canaries = vec![
         "CANARY".to_owned(),
+        bodies::b64(plaintext),
+        bodies::b64(aad),
+        bodies::b64(b"CANARY-AAD-wrong"),
         support::SECRET_A1.to_owned(),
+        support::SECRET_B.to_owned(),
         softhsm::USER_PIN.to_owned(),
+        "Signature=".to_owned(),
     ];
-    for version in ["2", "1.1"] {
-        let plaintext = format!("CANARY-PLAINTEXT-9b2f over HTTP/{version}");
-        canaries.push(bodies::b64(plaintext.as_bytes()));
-    }
-    canaries.push(bodies::b64(aad));
+    canaries.push(sealed["ciphertext"].as_str().unwrap().to_owned());
     for canary in &canaries {
         assert!(
             !log.contains(canary.as_str()),
             "{canary} leaked into the log"
         );
     }
-
-    let status = server.terminate();
-    assert!(status.success(), "exit status on SIGTERM: {status:?}");
 }
 
 #[test]

@@ -565,3 +565,72 @@ hsm_test! {
         assert_eq!(health.members[0].status, MemberStatus::Active);
     }
 }
+
+/// The value of the sample `series` (name and labels exactly as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+hsm_test! {
+    /// Metrics of the backend (issue "Metrics"): PKCS#11 call latency by function through the
+    /// one timing seam, and worker sessions moving between idle and in_use around a job.
+    async fn pkcs11_calls_are_timed_by_function_and_sessions_counted() {
+        const LONG: usize = 32 << 20;
+        let metrics = std::sync::Arc::new(xks_proxy::metrics::Metrics::new());
+        let hsm = Pkcs11Backend::open_with_metrics(&softhsm::settings(1, 4), metrics.clone()).unwrap();
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"xks_hsm_sessions{state="idle"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"xks_hsm_sessions{state="in_use"}"#), Some(0.0), "{text}");
+        assert_eq!(hsm.member_id(), Some(hsm.token_identity().serial.as_str()));
+
+        hsm.create_key(&key_id("timed-key"), ENCRYPT_DECRYPT).unwrap();
+        let request = |len: usize| EncryptRequest { plaintext: Zeroizing::new(vec![7; len]), aad: vec![] };
+        let sealed = hsm.encrypt(key_id("timed-key"), request(16), deadline()).await.unwrap();
+        let decrypt = DecryptRequest {
+            ciphertext: sealed.ciphertext.clone(),
+            iv: sealed.iv.to_vec(),
+            tag: sealed.tag,
+            aad: vec![],
+        };
+        hsm.decrypt(key_id("timed-key"), decrypt, deadline()).await.unwrap();
+        hsm.key_metadata(key_id("timed-key"), deadline()).await.unwrap();
+        let text = metrics.render();
+        for function in [
+            "C_GetSlotList", "C_GetTokenInfo", "C_OpenSession", "C_Login", "C_FindObjects",
+            "C_GetAttributeValue", "C_GenerateKey", "C_Encrypt", "C_Decrypt",
+        ] {
+            let series = format!(r#"xks_hsm_call_duration_seconds_count{{function="{function}"}}"#);
+            assert!(sample(&text, &series).is_some_and(|n| n >= 1.0), "no {function} in\n{text}");
+        }
+
+        // While a long job runs on the only session, it is in use; afterwards idle again.
+        let long = hsm.encrypt(key_id("timed-key"), request(LONG), deadline());
+        let watcher = async {
+            let started = Instant::now();
+            loop {
+                let text = metrics.render();
+                if sample(&text, r#"xks_hsm_sessions{state="in_use"}"#) == Some(1.0) {
+                    assert_eq!(sample(&text, r#"xks_hsm_sessions{state="idle"}"#), Some(0.0));
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "never in use:\n{text}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let (sealed, ()) = tokio::join!(long, watcher);
+        assert_eq!(sealed.unwrap().ciphertext.len(), LONG);
+        // The worker replies before it returns to the queue: give it a moment.
+        let started = Instant::now();
+        loop {
+            let text = metrics.render();
+            if sample(&text, r#"xks_hsm_sessions{state="idle"}"#) == Some(1.0) {
+                assert_eq!(sample(&text, r#"xks_hsm_sessions{state="in_use"}"#), Some(0.0));
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "never idle again:\n{text}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

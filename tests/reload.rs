@@ -201,13 +201,29 @@ async fn admin_listener_serves_probes_and_metrics_but_not_the_api() {
         (ready.status, ready.json()["status"].as_str()),
         (200, Some("ready"))
     );
-    let metrics = admin(&server, "GET", "/metrics").await;
-    assert_eq!(metrics.status, 200);
+    // OpenMetrics when asked for (Prometheus does), else the 0.0.4 text format.
+    let openmetrics = Client::plaintext(server.admin_addr)
+        .signer(None)
+        .send(
+            "GET",
+            "/metrics",
+            &[("accept", "application/openmetrics-text;version=1.0.0")],
+            b"",
+        )
+        .await;
+    assert_eq!(openmetrics.status, 200);
     assert!(
-        metrics.headers["content-type"]
+        openmetrics.headers["content-type"]
             .to_str()
             .unwrap()
             .starts_with("application/openmetrics-text")
+    );
+    assert!(openmetrics.text().ends_with("# EOF\n"));
+    let metrics = admin(&server, "GET", "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
     );
     assert!(
         metrics.text().contains("xks_build_info{version="),

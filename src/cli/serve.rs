@@ -31,14 +31,16 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let tls = match &settings.server.transport {
         Transport::Tls(tls) => {
-            let material = crate::tls::load(tls).map_err(|e| format!("server.tls: {e}"))?;
+            let material = crate::tls::load(tls, Some(Arc::clone(&metrics)))
+                .map_err(|e| format!("server.tls: {e}"))?;
             metrics.set_tls_not_after(Some(material.leaf_not_after));
             Some(TlsHandle::new(material.config))
         }
         Transport::PlaintextBehindLoadBalancer => None,
     };
     let backend = Arc::new(
-        Pkcs11Backend::open(&settings.hsm).map_err(|e| format!("cannot open the HSM: {e}"))?,
+        Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(&metrics))
+            .map_err(|e| format!("cannot open the HSM: {e}"))?,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

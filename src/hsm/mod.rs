@@ -54,6 +54,12 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// A deep health check: real cryptography on a dedicated, non-customer key (H-2, H-3),
     /// plus the identity of every HSM member.
     fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth>;
+
+    /// The id of the HSM member this backend's calls are served by (e.g. the token serial,
+    /// as in `ekmFleetDetails[].id`), for the audit log (LOG-4); `None` when unknown.
+    fn member_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Attributes of an external key, as GetKeyMetadata reports them.

@@ -10,6 +10,7 @@ use http::{Method, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Limited};
 use zeroize::Zeroizing;
 
+use super::audit::AuditRecord;
 use super::error::{ApiError, json_response};
 use super::routing::Operation;
 use super::{ApiConfig, AppState, KeyStore};
@@ -17,7 +18,7 @@ use crate::hsm::{self, GCM_TAG_LEN, HsmError};
 use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
 use crate::xks::wire::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, HealthRequest,
-    KeyMetadataRequest, KeyMetadataResponse, RequestMetadata, b64,
+    KeyMetadataRequest, KeyMetadataResponse, b64,
 };
 use crate::xks::{ErrorName, ExternalKeyId, XksError};
 
@@ -31,59 +32,28 @@ pub(super) async fn ping_method_not_allowed() -> Response {
     ApiError::MethodNotAllowed { allow: "GET" }.into_response()
 }
 
-/// Everything except `/ping`: the XKS API.
+/// Everything except `/ping`: the XKS API. Every request ends in exactly one audit line
+/// and one `xks_requests_total` increment ([`AuditRecord::finish`]).
 pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let _in_flight = state.metrics.request_started();
     let started = Instant::now();
     let api = state.api.load_full();
     let deadline = started + api.request_timeout;
     let (parts, body) = request.into_parts();
 
-    let mut log = RequestLog::default();
-    let result = handle(&state, &api, &parts, body, deadline, &mut log).await;
+    let mut audit = AuditRecord::default();
+    let result = handle(&state, &api, &parts, body, deadline, &mut audit).await;
     let status = match &result {
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
     };
-    log.emit(status, result.as_ref().err(), started);
+    audit.finish(
+        &state.metrics,
+        status,
+        result.as_ref().err(),
+        started.elapsed(),
+    );
     result.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// What the per-request log line says; never plaintext, AAD, secrets or signatures.
-#[derive(Default)]
-struct RequestLog {
-    store: Option<String>,
-    operation: Option<&'static str>,
-    key: Option<String>,
-    metadata: Option<RequestMetadata>,
-}
-
-impl RequestLog {
-    fn emit(&self, status: StatusCode, error: Option<&ApiError>, started: Instant) {
-        let meta = self.metadata.as_ref();
-        let error_name = error.map(|e| e.name().as_str());
-        let error_message = match error {
-            Some(ApiError::Xks(e)) => Some(e.message()),
-            _ => None,
-        };
-        tracing::info!(
-            target: "xks_proxy::request",
-            status = status.as_u16(),
-            operation = self.operation,
-            key_store = self.store.as_deref(),
-            external_key_id = self.key.as_deref(),
-            kms_request_id = meta.map(|m| m.kms_request_id.as_str()),
-            kms_operation = meta.map(|m| m.kms_operation.as_str()),
-            aws_principal_arn = meta.and_then(|m| m.aws_principal_arn.as_deref()),
-            kms_key_arn = meta.and_then(|m| m.kms_key_arn.as_deref()),
-            kms_via_service = meta.and_then(|m| m.kms_via_service.as_deref()),
-            aws_source_vpc = meta.and_then(|m| m.aws_source_vpc.as_deref()),
-            aws_source_vpce = meta.and_then(|m| m.aws_source_vpce.as_deref()),
-            error_name,
-            error_message,
-            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "xks request"
-        );
-    }
 }
 
 async fn handle(
@@ -92,19 +62,19 @@ async fn handle(
     parts: &Parts,
     body: Body,
     deadline: Instant,
-    log: &mut RequestLog,
+    audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     let (store_index, operation) = api.routes.resolve(parts.uri.path(), parts.uri.query())?;
-    log.operation = Some(operation.name());
-    log.key = operation.key().map(|k| k.to_string());
-    if parts.method != Method::POST {
-        return Err(ApiError::MethodNotAllowed { allow: "POST" });
-    }
     let store = api
         .stores
         .get(store_index)
         .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
-    log.store = Some(store.settings.name.clone());
+    audit.key_store = Some(store.settings.name.clone());
+    audit.operation = Some(operation.name());
+    audit.external_key_id = operation.key().map(|k| k.to_string());
+    if parts.method != Method::POST {
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
+    }
 
     // A client that never finishes its body must not hold the connection forever.
     let body = tokio::time::timeout(
@@ -113,11 +83,13 @@ async fn handle(
     )
     .await
     .map_err(|_| XksError::validation("the request body did not arrive in time"))??;
-    let caller = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now());
-    if let Err(err) = &caller {
-        tracing::debug!(reason = err.reason(), "authentication failed");
+    if let Err(err) = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now()) {
+        state
+            .metrics
+            .auth_failed(&store.settings.name, err.reason());
+        audit.auth_failure = Some(err.reason());
+        return Err(err.into());
     }
-    caller?;
     if !store.settings.enabled {
         return Err(XksError::new(
             ErrorName::InvalidStateException,
@@ -130,27 +102,32 @@ async fn handle(
     match operation {
         Operation::Health => {
             let req = HealthRequest::parse(&body)?;
-            log.metadata = Some(req.metadata);
+            audit.metadata = Some(req.metadata);
             let resp = state.health.status(deadline).await?;
+            audit.hsm_member = state.backend.member_id().map(str::to_owned);
             Ok(ok_json(&resp))
         }
         Operation::KeyMetadata(key) => {
             let req = KeyMetadataRequest::parse(&body)?;
-            log.metadata = Some(req.metadata);
+            audit.metadata = Some(req.metadata);
             served_key(store, api, &key)?;
-            key_metadata(state, key, deadline).await
+            key_metadata(state, key, deadline, audit).await
         }
         Operation::Encrypt(key) => {
             let req = EncryptRequest::parse(&body)?;
-            log.metadata = Some(req.metadata.clone());
+            audit.metadata = Some(req.metadata.clone());
+            audit.data_bytes = Some(req.plaintext.len());
+            audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            encrypt(state, api, key, req, deadline).await
+            encrypt(state, api, key, req, deadline, audit).await
         }
         Operation::Decrypt(key) => {
             let req = DecryptRequest::parse(&body)?;
-            log.metadata = Some(req.metadata.clone());
+            audit.metadata = Some(req.metadata.clone());
+            audit.data_bytes = Some(req.ciphertext.len());
+            audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            decrypt(state, api, key, req, deadline).await
+            decrypt(state, api, key, req, deadline, audit).await
         }
     }
 }
@@ -201,6 +178,14 @@ fn served_key(store: &KeyStore, api: &ApiConfig, key: &ExternalKeyId) -> Result<
     }
 }
 
+/// Records which HSM member served a backend call, unless the call never reached one: a
+/// full queue ([`HsmError::Busy`]) or a deadline that passed first ([`HsmError::Timeout`]).
+fn served_by<T>(state: &AppState, audit: &mut AuditRecord, result: &Result<T, HsmError>) {
+    if !matches!(result, Err(HsmError::Busy | HsmError::Timeout)) {
+        audit.hsm_member = state.backend.member_id().map(str::to_owned);
+    }
+}
+
 fn ok_json<T: serde::Serialize>(value: &T) -> Response {
     match serde_json::to_string(value) {
         Ok(body) => json_response(StatusCode::OK, body),
@@ -214,8 +199,11 @@ async fn key_metadata(
     state: &AppState,
     key: ExternalKeyId,
     deadline: Instant,
+    audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let meta = state.backend.key_metadata(key, deadline).await?;
+    let meta = state.backend.key_metadata(key, deadline).await;
+    served_by(state, audit, &meta);
+    let meta = meta?;
     Ok(ok_json(&KeyMetadataResponse {
         key_spec: meta.spec.as_str().to_owned(),
         // K-5: at most 10 values; PKCS#11 yields at most 7.
@@ -252,6 +240,7 @@ async fn encrypt(
     key: ExternalKeyId,
     req: EncryptRequest,
     deadline: Instant,
+    audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     // E-18: KMS never encrypts an empty plaintext; refusing it keeps GCM inputs non-trivial.
     if req.plaintext.is_empty() {
@@ -272,7 +261,9 @@ async fn encrypt(
             },
             deadline,
         )
-        .await?;
+        .await;
+    served_by(state, audit, &sealed);
+    let sealed = sealed?;
     let cdiv = if req.want_cdiv {
         // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
         let cdiv = framing::cdiv_sha256(&req.aad, &[], &sealed.iv, &sealed.ciphertext, &sealed.tag);
@@ -326,6 +317,7 @@ async fn decrypt(
     key: ExternalKeyId,
     req: DecryptRequest,
     deadline: Instant,
+    audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     // D-6, D-7: malformed IV or tag make the ciphertext invalid; checked before the HSM.
     if !matches!(req.iv.len(), 12 | 16) {
@@ -361,7 +353,9 @@ async fn decrypt(
             },
             deadline,
         )
-        .await?;
+        .await;
+    served_by(state, audit, &plaintext);
+    let plaintext = plaintext?;
     Ok(ok_json(&DecryptResponse {
         plaintext: Zeroizing::new(b64(&plaintext)),
     }))

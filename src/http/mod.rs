@@ -5,6 +5,7 @@
 //! key allowlist (404) → sizes (501) → HSM. `GET /ping` answers 200 unauthenticated for load
 //! balancers (LB-1).
 
+pub mod audit;
 mod error;
 mod handlers;
 mod routing;
@@ -116,7 +117,11 @@ impl AppState {
         api.publish_credential_counts(&metrics);
         Self {
             api: ArcSwap::from_pointee(api),
-            health: HealthService::new(Arc::clone(&backend), &settings.health),
+            health: HealthService::new(
+                Arc::clone(&backend),
+                &settings.health,
+                Arc::clone(&metrics),
+            ),
             backend,
             metrics,
         }

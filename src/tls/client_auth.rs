@@ -8,7 +8,9 @@
 //! Every rejection is returned to rustls as `rustls::Error::General`, never as
 //! `InvalidCertificate` or `PeerMisbehaved`, so rustls ends the handshake with the fatal alert
 //! `handshake_failure` (40) whatever the reason (MT-7): a conformance client greps for exactly
-//! that alert. The reason is logged here at `warn`, with the certificate's subject only.
+//! that alert. The reason is logged here at `warn`, with the certificate's subject only, and
+//! counted in `xks_authentication_failures_total{key_store="none",reason="mtls"}` (the
+//! handshake happens before any key store is known).
 //!
 //! A client that sends no certificate at all is refused by rustls itself before this verifier
 //! runs, with the alert `certificate_required` (116), in TLS 1.3 and TLS 1.2 alike (MT-8).
@@ -24,6 +26,10 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use crate::config::ClientSubjectName;
+use crate::metrics::Metrics;
+
+/// `key_store` label of an mTLS rejection: the handshake precedes routing.
+const NO_KEY_STORE: &str = "none";
 
 /// Longest subject string written to the log; longer ones are cut.
 const MAX_LOGGED_SUBJECT: usize = 256;
@@ -34,13 +40,24 @@ const MAX_LOGGED_SUBJECT: usize = 256;
 pub struct NamePinnedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allowed: Vec<ClientSubjectName>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl NamePinnedClientVerifier {
     /// Wraps `inner`, a verifier with mandatory client auth, accepting only certificates that
     /// carry one of `allowed` as subject CN or SAN dNSName.
     pub fn new(inner: Arc<dyn ClientCertVerifier>, allowed: Vec<ClientSubjectName>) -> Self {
-        Self { inner, allowed }
+        Self {
+            inner,
+            allowed,
+            metrics: None,
+        }
+    }
+
+    /// Counts every rejection in `metrics` (reason `mtls`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Logs the rejection and turns it into the error that makes rustls send
@@ -48,6 +65,9 @@ impl NamePinnedClientVerifier {
     fn reject(&self, end_entity: &CertificateDer<'_>, reason: Rejection) -> rustls::Error {
         let subject = subject_for_log(end_entity);
         tracing::warn!(subject = ?subject, reason = %reason, "mTLS client certificate rejected");
+        if let Some(metrics) = &self.metrics {
+            metrics.auth_failed(NO_KEY_STORE, "mtls");
+        }
         rustls::Error::General(format!("client certificate rejected: {reason}"))
     }
 }

@@ -29,6 +29,7 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 pub use client_auth::NamePinnedClientVerifier;
 
 use crate::config::{ClientAuth, ClientSubjectName, TlsSettings};
+use crate::metrics::Metrics;
 
 /// The cipher suites we enable: exactly the four the spec lists (TR-5), TLS 1.3 first.
 pub const CIPHER_SUITES: [SupportedCipherSuite; 4] = [
@@ -145,7 +146,15 @@ pub struct TlsMaterial {
 }
 
 /// Loads certificate chain, key and (for mTLS) CA bundle once and builds the configuration.
-pub fn load(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
+///
+/// With `metrics`, the mTLS verifier counts every rejected client certificate there
+/// (`xks_authentication_failures_total{reason="mtls"}`). The caller records
+/// [`TlsMaterial::leaf_not_after`] with [`Metrics::set_tls_not_after`] once it serves the
+/// configuration.
+pub fn load(
+    settings: &TlsSettings,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<TlsMaterial, TlsError> {
     let provider = Arc::new(provider());
     let chain_path = &settings.certificate_chain;
     let certified = pem::certified_key(chain_path, &settings.private_key, &provider)?;
@@ -162,6 +171,7 @@ pub fn load(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
             ca_bundle,
             allowed_subject_names,
             provider,
+            metrics,
         )?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
@@ -174,9 +184,10 @@ pub fn load(settings: &TlsSettings) -> Result<TlsMaterial, TlsError> {
     })
 }
 
-/// Builds the server configuration described in the module docs from `settings`.
+/// Builds the server configuration described in the module docs from `settings`, without
+/// metrics (configuration checks, tests); [`load`] is the serving path.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    load(settings).map(|material| material.config)
+    load(settings, None).map(|material| material.config)
 }
 
 /// The `notAfter` of the leaf (first) certificate of `settings.certificate_chain`, reading
@@ -209,6 +220,7 @@ fn client_verifier(
     ca_bundle: &Path,
     allowed: &[ClientSubjectName],
     provider: Arc<CryptoProvider>,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let roots = Arc::new(pem::ca_bundle(ca_bundle)?);
     let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider)
@@ -217,10 +229,11 @@ fn client_verifier(
             path: ca_bundle.to_owned(),
             source,
         })?;
-    Ok(Arc::new(NamePinnedClientVerifier::new(
-        webpki,
-        allowed.to_vec(),
-    )))
+    let verifier = NamePinnedClientVerifier::new(webpki, allowed.to_vec());
+    Ok(Arc::new(match metrics {
+        Some(metrics) => verifier.with_metrics(metrics),
+        None => verifier,
+    }))
 }
 
 /// ring with only [`CIPHER_SUITES`]; everything else (groups, signature algorithms, key

@@ -58,7 +58,7 @@ fn tr_3_tr_5_tr_9_valid_material_builds_the_spec_config() {
     let chain = files.write("chain.pem", &cert);
     let key = files.write("key.pem", &key);
 
-    let material = load(&settings(&chain, &key, ClientAuth::Disabled)).unwrap();
+    let material = load(&settings(&chain, &key, ClientAuth::Disabled), None).unwrap();
     let config = &material.config;
     assert_eq!(
         config.alpn_protocols,
@@ -107,7 +107,7 @@ fn errors_name_the_file_and_the_problem() {
         "-----BEGIN PRIVATE KEY-----\naGVsbG8=\n-----END PRIVATE KEY-----\n",
     );
 
-    let err = |s: TlsSettings| load(&s).unwrap_err();
+    let err = |s: TlsSettings| load(&s, None).unwrap_err();
     let cases = [
         (
             err(settings(&missing, &key, ClientAuth::Disabled)),

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub ca: Arc<Ca>,
     pub settings: Settings,
+    /// The metrics the proxy records into.
+    pub metrics: Arc<Metrics>,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -144,7 +146,8 @@ secret = "{SECRET_B}"
         let backend = self
             .backend
             .unwrap_or_else(|| Arc::clone(&token.backend) as Arc<dyn KeyBackend>);
-        let state = Arc::new(AppState::new(&settings, backend, Arc::new(Metrics::new())));
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(AppState::new(&settings, backend, Arc::clone(&metrics)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -159,6 +162,7 @@ secret = "{SECRET_B}"
             addr,
             ca,
             settings,
+            metrics,
             dir,
             stop: Some(stop),
             task: Some(task),

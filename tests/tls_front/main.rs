@@ -241,7 +241,9 @@ async fn mt_1_mt_6_right_client_name_in_cn_or_san_is_served() {
 #[tokio::test]
 async fn mt_3_mt_7_item_22_23_rejections_send_handshake_failure() {
     let pki = Pki::new();
-    let server = Server::mtls(&pki).await;
+    let metrics = std::sync::Arc::new(xks_proxy::metrics::Metrics::new());
+    let material = xks_proxy::tls::load(&pki.mtls(), Some(metrics.clone())).unwrap();
+    let server = Server::start(Some(material.config), client::options()).await;
     let c = &pki.clients;
     let cases = [
         ("wrong CN", &c.wrong_cn),
@@ -264,6 +266,12 @@ async fn mt_3_mt_7_item_22_23_rejections_send_handshake_failure() {
             );
         }
     }
+    // Every rejection is counted, before any key store is known.
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"xks_authentication_failures_total{key_store="none",reason="mtls"} 8"#),
+        "{text}"
+    );
     server.stop().await;
 }
 

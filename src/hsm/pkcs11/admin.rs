@@ -11,10 +11,12 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::Session;
 
 use super::Pkcs11Backend;
-use super::errors::{Operation, fail, is_stale_handle};
+use super::errors::{Operation, is_stale_handle};
 use super::keys::{self, read_info, read_usages};
+use super::timing::call;
 use super::token;
 use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Length in bytes of the keys the proxy creates (AES-256).
@@ -42,12 +44,13 @@ impl Pkcs11Backend {
     /// `CKA_ID` is the label. Refuses with [`HsmError::KeyAlreadyExists`] if any token object
     /// already carries the label.
     pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
-        self.with_admin_session(|session| create(session, label, usages))
+        self.with_admin_session(|session| create(session, &self.shared.metrics, label, usages))
     }
 
     /// Lists the token's keys (secret, private and public) sorted by label (blocking).
     pub fn list_keys(&self) -> Result<Vec<KeyListing>, HsmError> {
-        self.with_admin_session(|session| list(session, &self.shared.health_key))
+        let shared = &self.shared;
+        self.with_admin_session(|session| list(session, &shared.metrics, &shared.health_key))
     }
 
     /// Runs `f` on the admin session, reopening it first if an earlier failure closed it, and
@@ -61,7 +64,13 @@ impl Pkcs11Backend {
             Some(session) => session,
             None => {
                 let shared = &self.shared;
-                token::open_session(&shared.pkcs11, shared.slot, &shared.pin, true)?
+                token::open_session(
+                    &shared.pkcs11,
+                    &shared.metrics,
+                    shared.slot,
+                    &shared.pin,
+                    true,
+                )?
             }
         };
         let result = f(&session);
@@ -79,10 +88,11 @@ impl Pkcs11Backend {
 /// HSM failure are logged, not fatal: the health check then reports the member unavailable.
 pub(super) fn ensure_health_key(
     session: &Session,
+    metrics: &Metrics,
     label: &ExternalKeyId,
     create_if_missing: bool,
 ) -> Result<(), HsmError> {
-    match keys::find(session, label, Operation::Admin) {
+    match keys::find(session, metrics, label, Operation::Admin) {
         Ok(key) => {
             if let Err(err) = key.info.require_aes_256() {
                 tracing::warn!(key = %label, error = %err, "the health-check key is unusable");
@@ -90,7 +100,12 @@ pub(super) fn ensure_health_key(
             Ok(())
         }
         Err(HsmError::KeyNotFound) if create_if_missing => {
-            create(session, label, &[KeyUsage::Encrypt, KeyUsage::Decrypt])?;
+            create(
+                session,
+                metrics,
+                label,
+                &[KeyUsage::Encrypt, KeyUsage::Decrypt],
+            )?;
             tracing::info!(key = %label, "created the health-check key");
             Ok(())
         }
@@ -107,9 +122,14 @@ pub(super) fn ensure_health_key(
     }
 }
 
-fn create(session: &Session, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
+fn create(
+    session: &Session,
+    metrics: &Metrics,
+    label: &ExternalKeyId,
+    usages: &[KeyUsage],
+) -> Result<(), HsmError> {
     let op = Operation::Admin;
-    match keys::find(session, label, op) {
+    match keys::find(session, metrics, label, op) {
         Err(HsmError::KeyNotFound) => {}
         Ok(_) | Err(HsmError::AmbiguousKey { .. }) => return Err(HsmError::KeyAlreadyExists),
         Err(err) => return Err(err),
@@ -134,22 +154,26 @@ fn create(session: &Session, label: &ExternalKeyId, usages: &[KeyUsage]) -> Resu
         Attribute::Id(label_bytes.clone()),
         Attribute::Label(label_bytes),
     ];
-    session
-        .generate_key(&Mechanism::AesKeyGen, &template)
-        .map_err(|e| fail(&e, op))?;
+    call(metrics, "C_GenerateKey", op, || {
+        session.generate_key(&Mechanism::AesKeyGen, &template)
+    })?;
     tracing::info!(key = %label, ?usages, "created an AES-256 key");
     Ok(())
 }
 
-fn list(session: &Session, health_key: &ExternalKeyId) -> Result<Vec<KeyListing>, HsmError> {
+fn list(
+    session: &Session,
+    metrics: &Metrics,
+    health_key: &ExternalKeyId,
+) -> Result<Vec<KeyListing>, HsmError> {
     let op = Operation::Admin;
-    let handles = session
-        .find_objects(&[Attribute::Token(true)])
-        .map_err(|e| fail(&e, op))?;
+    let handles = call(metrics, "C_FindObjects", op, || {
+        session.find_objects(&[Attribute::Token(true)])
+    })?;
     let mut listing = Vec::new();
     for handle in handles {
         let read = || -> Result<Option<KeyListing>, HsmError> {
-            let info = read_info(session, handle, op)?;
+            let info = read_info(session, metrics, handle, op)?;
             let is_key = [
                 ObjectClass::SECRET_KEY,
                 ObjectClass::PRIVATE_KEY,
@@ -159,20 +183,20 @@ fn list(session: &Session, health_key: &ExternalKeyId) -> Result<Vec<KeyListing>
             if !is_key {
                 return Ok(None);
             }
-            let label = session
-                .get_attributes(handle, &[AttributeType::Label])
-                .map_err(|e| fail(&e, op))?
-                .into_iter()
-                .find_map(|attribute| match attribute {
-                    Attribute::Label(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let label = call(metrics, "C_GetAttributeValue", op, || {
+                session.get_attributes(handle, &[AttributeType::Label])
+            })?
+            .into_iter()
+            .find_map(|attribute| match attribute {
+                Attribute::Label(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
             Ok(Some(KeyListing {
                 health_check: label == health_key.as_str(),
                 label,
                 spec: info.spec(),
-                usages: read_usages(session, handle, op)?,
+                usages: read_usages(session, metrics, handle, op)?,
             }))
         };
         match read() {

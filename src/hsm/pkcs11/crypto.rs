@@ -16,11 +16,13 @@ use zeroize::Zeroizing;
 use super::Shared;
 use super::errors::{Operation, fail};
 use super::keys::{read_usages, with_key};
+use super::timing::call;
 use super::token::{self, TokenIdentity};
 use crate::hsm::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
     KeyStatus, Pkcs11Failure, Tier,
 };
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Tag length in bits, as `CK_GCM_PARAMS.ulTagBits` wants it.
@@ -38,9 +40,16 @@ pub(super) fn encrypt(
     request: &EncryptRequest,
 ) -> Result<GcmCiphertext, HsmError> {
     let op = Operation::Encrypt;
-    with_key(session, &shared.keys, key, op, |key| {
+    with_key(session, shared, key, op, |key| {
         key.info.require_aes_256()?;
-        gcm_encrypt(session, key.handle, &request.plaintext, &request.aad, op)
+        gcm_encrypt(
+            session,
+            &shared.metrics,
+            key.handle,
+            &request.plaintext,
+            &request.aad,
+            op,
+        )
     })
 }
 
@@ -59,9 +68,17 @@ pub(super) fn decrypt(
     let mut input = Vec::with_capacity(request.ciphertext.len() + GCM_TAG_LEN);
     input.extend_from_slice(&request.ciphertext);
     input.extend_from_slice(&request.tag);
-    with_key(session, &shared.keys, key, op, |key| {
+    with_key(session, shared, key, op, |key| {
         key.info.require_aes_256()?;
-        gcm_decrypt(session, key.handle, &input, &request.iv, &request.aad, op)
+        gcm_decrypt(
+            session,
+            &shared.metrics,
+            key.handle,
+            &input,
+            &request.iv,
+            &request.aad,
+            op,
+        )
     })
 }
 
@@ -73,10 +90,10 @@ pub(super) fn metadata(
     key: &ExternalKeyId,
 ) -> Result<KeyMetadata, HsmError> {
     let op = Operation::Metadata;
-    with_key(session, &shared.keys, key, op, |key| {
+    with_key(session, shared, key, op, |key| {
         Ok(KeyMetadata {
             spec: key.info.spec(),
-            usages: read_usages(session, key.handle, op)?,
+            usages: read_usages(session, &shared.metrics, key.handle, op)?,
             status: KeyStatus::Enabled,
         })
     })
@@ -87,14 +104,24 @@ pub(super) fn metadata(
 pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenIdentity, HsmError> {
     let op = Operation::Health;
     let label = &shared.health_key;
-    let sealed = with_key(session, &shared.keys, label, op, |key| {
+    let metrics = &shared.metrics;
+    let sealed = with_key(session, shared, label, op, |key| {
         key.info.require_aes_256()?;
-        gcm_encrypt(session, key.handle, HEALTH_PLAINTEXT, HEALTH_AAD, op)
+        gcm_encrypt(
+            session,
+            metrics,
+            key.handle,
+            HEALTH_PLAINTEXT,
+            HEALTH_AAD,
+            op,
+        )
     })?;
     let mut input = sealed.ciphertext;
     input.extend_from_slice(&sealed.tag);
-    let opened = with_key(session, &shared.keys, label, op, |key| {
-        gcm_decrypt(session, key.handle, &input, &sealed.iv, HEALTH_AAD, op)
+    let opened = with_key(session, shared, label, op, |key| {
+        gcm_decrypt(
+            session, metrics, key.handle, &input, &sealed.iv, HEALTH_AAD, op,
+        )
     })?;
     if opened.as_slice() != HEALTH_PLAINTEXT {
         tracing::error!("the health-check decryption returned different bytes");
@@ -104,12 +131,13 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
             tier: Tier::Device,
         }));
     }
-    token::identity(&shared.pkcs11, shared.slot, op)
+    token::identity(&shared.pkcs11, metrics, shared.slot, op)
 }
 
 /// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV.
 fn gcm_encrypt(
     session: &Session,
+    metrics: &Metrics,
     key: ObjectHandle,
     plaintext: &[u8],
     aad: &[u8],
@@ -123,9 +151,9 @@ fn gcm_encrypt(
     let mut output = {
         let params =
             GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-        session
-            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
-            .map_err(|e| fail(&e, op))?
+        call(metrics, "C_Encrypt", op, || {
+            session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+        })?
     };
     if output.len() != plaintext.len() + GCM_TAG_LEN {
         return Err(unexpected_length("C_Encrypt"));
@@ -143,6 +171,7 @@ fn gcm_encrypt(
 /// `C_DecryptInit` + `C_Decrypt` of `ciphertext‖tag` with `CKM_AES_GCM`.
 fn gcm_decrypt(
     session: &Session,
+    metrics: &Metrics,
     key: ObjectHandle,
     input: &[u8],
     iv: &[u8],
@@ -151,10 +180,10 @@ fn gcm_decrypt(
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     let mut iv = iv.to_vec();
     let params = GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-    let plaintext = session
-        .decrypt(&Mechanism::AesGcm(params), key, input)
-        .map(Zeroizing::new)
-        .map_err(|e| fail(&e, op))?;
+    let plaintext = call(metrics, "C_Decrypt", op, || {
+        session.decrypt(&Mechanism::AesGcm(params), key, input)
+    })
+    .map(Zeroizing::new)?;
     if plaintext.len() + GCM_TAG_LEN != input.len() {
         return Err(unexpected_length("C_Decrypt"));
     }

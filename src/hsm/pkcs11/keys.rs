@@ -12,8 +12,11 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, SessionState};
 use parking_lot::RwLock;
 
-use super::errors::{Operation, fail, is_stale_handle};
+use super::Shared;
+use super::errors::{Operation, is_stale_handle};
+use super::timing::call;
 use crate::hsm::{HsmError, KeySpec, KeyUsage, Pkcs11Failure, Tier};
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Immutable attributes of a key object, read once and cached with its handle.
@@ -80,13 +83,14 @@ impl KeyCache {
     pub(super) fn get(
         &self,
         session: &Session,
+        metrics: &Metrics,
         label: &ExternalKeyId,
         op: Operation,
     ) -> Result<CachedKey, HsmError> {
         if let Some(key) = self.map.read().get(label) {
             return Ok(*key);
         }
-        let key = find(session, label, op)?;
+        let key = find(session, metrics, label, op)?;
         self.map.write().insert(label.clone(), key);
         Ok(key)
     }
@@ -110,17 +114,18 @@ impl KeyCache {
 /// forgets it, looks the label up again and runs `f` once more.
 pub(super) fn with_key<T>(
     session: &Session,
-    cache: &KeyCache,
+    shared: &Shared,
     label: &ExternalKeyId,
     op: Operation,
     mut f: impl FnMut(&CachedKey) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
-    let key = cache.get(session, label, op)?;
+    let (cache, metrics) = (&shared.keys, &*shared.metrics);
+    let key = cache.get(session, metrics, label, op)?;
     match f(&key) {
         Err(err) if is_stale_handle(&err) => {
             tracing::info!(key = %label, "cached key handle went stale; looking the key up again");
             cache.invalidate(label, key.handle);
-            let key = cache.get(session, label, op)?;
+            let key = cache.get(session, metrics, label, op)?;
             f(&key)
         }
         other => other,
@@ -130,6 +135,7 @@ pub(super) fn with_key<T>(
 /// Finds the one token object labelled `label` and reads its immutable attributes.
 pub(super) fn find(
     session: &Session,
+    metrics: &Metrics,
     label: &ExternalKeyId,
     op: Operation,
 ) -> Result<CachedKey, HsmError> {
@@ -138,15 +144,17 @@ pub(super) fn find(
         Attribute::Token(true),
     ];
     // find_objects always ends with C_FindObjectsFinal, also on error.
-    let handles = session.find_objects(&template).map_err(|e| fail(&e, op))?;
+    let handles = call(metrics, "C_FindObjects", op, || {
+        session.find_objects(&template)
+    })?;
     match handles.as_slice() {
         [] => {
-            ensure_logged_in(session, op)?;
+            ensure_logged_in(session, metrics, op)?;
             Err(HsmError::KeyNotFound)
         }
         [handle] => Ok(CachedKey {
             handle: *handle,
-            info: read_info(session, *handle, op)?,
+            info: read_info(session, metrics, *handle, op)?,
         }),
         several => {
             tracing::warn!(key = %label, count = several.len(), "several HSM objects share a key id");
@@ -160,6 +168,7 @@ pub(super) fn find(
 /// Reads class, key type and value length of an object.
 pub(super) fn read_info(
     session: &Session,
+    metrics: &Metrics,
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<KeyInfo, HsmError> {
@@ -168,9 +177,9 @@ pub(super) fn read_info(
         AttributeType::KeyType,
         AttributeType::ValueLen,
     ];
-    let attributes = session
-        .get_attributes(handle, &wanted)
-        .map_err(|e| fail(&e, op))?;
+    let attributes = call(metrics, "C_GetAttributeValue", op, || {
+        session.get_attributes(handle, &wanted)
+    })?;
     let mut info = KeyInfo {
         class: ObjectClass::DATA,
         key_type: None,
@@ -201,6 +210,7 @@ pub(super) fn read_info(
 /// Reads the seven usage flags, in spec order (K-3, K-4). Absent flags count as false.
 pub(super) fn read_usages(
     session: &Session,
+    metrics: &Metrics,
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<Vec<KeyUsage>, HsmError> {
@@ -213,9 +223,9 @@ pub(super) fn read_usages(
         AttributeType::Unwrap,
         AttributeType::Derive,
     ];
-    let attributes = session
-        .get_attributes(handle, &wanted)
-        .map_err(|e| fail(&e, op))?;
+    let attributes = call(metrics, "C_GetAttributeValue", op, || {
+        session.get_attributes(handle, &wanted)
+    })?;
     let mut usages: Vec<KeyUsage> = attributes
         .iter()
         .filter_map(|attribute| match attribute {
@@ -235,8 +245,10 @@ pub(super) fn read_usages(
 
 /// Private keys are invisible without a login, so "not found" on a session that lost its
 /// login would be a lie: report it as a login-tier failure so the worker logs in again.
-fn ensure_logged_in(session: &Session, op: Operation) -> Result<(), HsmError> {
-    let info = session.get_session_info().map_err(|e| fail(&e, op))?;
+fn ensure_logged_in(session: &Session, metrics: &Metrics, op: Operation) -> Result<(), HsmError> {
+    let info = call(metrics, "C_GetSessionInfo", op, || {
+        session.get_session_info()
+    })?;
     match info.session_state() {
         SessionState::RoUser | SessionState::RwUser => Ok(()),
         SessionState::RoPublic | SessionState::RwPublic | SessionState::RwSecurityOfficer => {

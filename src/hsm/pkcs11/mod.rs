@@ -8,7 +8,8 @@
 //! Layout: `errors` classifies return values (with `codes` naming them), `token` selects the
 //! token and opens sessions, `keys` finds keys by label and caches handles, `crypto` runs
 //! AES-GCM, metadata and the health check, `pool` owns the worker threads and `admin` holds
-//! the blocking CLI calls.
+//! the blocking CLI calls. Every PKCS#11 call goes through `timing`, which records its
+//! duration in the process's [`Metrics`].
 
 mod admin;
 mod codes;
@@ -16,6 +17,7 @@ mod crypto;
 mod errors;
 mod keys;
 mod pool;
+mod timing;
 mod token;
 
 use std::sync::Arc;
@@ -40,6 +42,7 @@ use crate::hsm::{
     BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
     KeyMetadata, MemberHealth, MemberStatus,
 };
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// A [`KeyBackend`] on one PKCS#11 token.
@@ -65,14 +68,26 @@ struct Shared {
     health_key: ExternalKeyId,
     /// Set once the token refuses the PIN; nobody logs in again (PIN lockout protection).
     login_refused: AtomicBool,
+    /// PKCS#11 call latency and worker session gauges.
+    metrics: Arc<Metrics>,
 }
 
 impl Pkcs11Backend {
     /// Loads the module, selects and logs in to the token, makes sure the health-check key
     /// exists (creating it if `settings.create_health_key`) and starts the workers.
     ///
-    /// Blocking; call it at startup, not from an async task.
+    /// Blocking; call it at startup, not from an async task. Metrics go to a private registry;
+    /// use [`Pkcs11Backend::open_with_metrics`] to expose them.
     pub fn open(settings: &HsmSettings) -> Result<Self, HsmError> {
+        Self::open_with_metrics(settings, Arc::new(Metrics::new()))
+    }
+
+    /// [`Pkcs11Backend::open`], recording PKCS#11 call latency
+    /// (`xks_hsm_call_duration_seconds`) and worker sessions (`xks_hsm_sessions`) in `metrics`.
+    pub fn open_with_metrics(
+        settings: &HsmSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, HsmError> {
         let module = settings.module.display();
         let pkcs11 = Pkcs11::new(&settings.module).map_err(|e| {
             HsmError::Unavailable(format!("cannot load the PKCS#11 module {module}: {e}"))
@@ -83,19 +98,20 @@ impl Pkcs11Backend {
         // Declared before every session so that it finalises after they are closed.
         let mut guard = FinalizeGuard(Some(pkcs11.clone()));
 
-        let slot = token::select(&pkcs11, &settings.token)?;
-        let identity = token::identity(&pkcs11, slot, Operation::Session)?;
+        let slot = token::select(&pkcs11, &metrics, &settings.token)?;
+        let identity = token::identity(&pkcs11, &metrics, slot, Operation::Session)?;
         let pin = settings.user_pin.clone();
-        let admin = token::open_session(&pkcs11, slot, &pin, true)?;
+        let admin = token::open_session(&pkcs11, &metrics, slot, &pin, true)?;
         admin::ensure_health_key(
             &admin,
+            &metrics,
             &settings.health_key_label,
             settings.create_health_key,
         )?;
 
         let mut sessions = Vec::with_capacity(settings.sessions.get());
         for _ in 0..settings.sessions.get() {
-            sessions.push(token::open_session(&pkcs11, slot, &pin, false)?);
+            sessions.push(token::open_session(&pkcs11, &metrics, slot, &pin, false)?);
         }
         let shared = Arc::new(Shared {
             pkcs11,
@@ -104,6 +120,7 @@ impl Pkcs11Backend {
             keys: KeyCache::default(),
             health_key: settings.health_key_label.clone(),
             login_refused: AtomicBool::new(false),
+            metrics,
         });
         let pool = Pool::start(&shared, sessions, settings.queue_depth)?;
         guard.0 = None;
@@ -188,6 +205,10 @@ impl KeyBackend for Pkcs11Backend {
         self.run(deadline, move |session, shared| {
             crypto::decrypt(session, shared, &key, &request)
         })
+    }
+
+    fn member_id(&self) -> Option<&str> {
+        Some(&self.identity.serial)
     }
 
     /// Ok with the member `Unavailable` when the crypto check fails; `Err` only for

@@ -15,6 +15,9 @@
 //! nothing. Login and device failures also flush the key-handle cache. If a session cannot be
 //! opened, the worker answers [`HsmError::Unavailable`] and retries with exponential backoff,
 //! never spinning.
+//! Metrics: `xks_hsm_sessions{state="idle"|"in_use"}` counts the workers' open sessions,
+//! `in_use` while a job runs on one; a worker whose session is lost leaves both until it
+//! reopens one, so the two always add up to the open worker sessions.
 //! Seam for later: a device-tier failure should rebuild the whole context (`C_Finalize`,
 //! `C_Initialize`) instead of only the session; see [`Worker::repair`].
 
@@ -35,6 +38,11 @@ use crate::hsm::{HsmError, Tier};
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts to open a session.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `xks_hsm_sessions` state of an open session no job is running on.
+const IDLE: &str = "idle";
+/// `xks_hsm_sessions` state of a session a job is running on.
+const IN_USE: &str = "in_use";
 
 /// The work of one job: runs on the worker (its session, its repair) and sends the reply.
 type Work = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -65,6 +73,9 @@ impl Pool {
         queue_depth: usize,
     ) -> Result<Self, HsmError> {
         let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
+        let open = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
+        shared.metrics.set_hsm_sessions(IDLE, open);
+        shared.metrics.set_hsm_sessions(IN_USE, 0);
         let mut workers = Vec::with_capacity(sessions.len());
         for (id, session) in sessions.into_iter().enumerate() {
             let worker = Worker::new(id, session, Arc::clone(shared));
@@ -179,6 +190,8 @@ struct Worker {
     shared: Arc<Shared>,
     backoff: Duration,
     next_attempt: Instant,
+    /// Where this worker's session is counted in `xks_hsm_sessions`; `None`: no session.
+    counted_as: Option<&'static str>,
 }
 
 impl Worker {
@@ -189,6 +202,7 @@ impl Worker {
             shared,
             backoff: MIN_BACKOFF,
             next_attempt: Instant::now(),
+            counted_as: Some(IDLE),
         }
     }
 
@@ -201,7 +215,10 @@ impl Worker {
             };
             match next {
                 Ok(job) => self.handle(job),
-                Err(RecvTimeoutError::Timeout) => self.reopen(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.reopen();
+                    self.account(false);
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -219,7 +236,34 @@ impl Worker {
         if self.session.is_none() && Instant::now() >= self.next_attempt {
             self.reopen();
         }
+        self.account(true);
         (job.work)(self);
+        self.account(false);
+    }
+
+    /// Moves this worker's session to the `xks_hsm_sessions` state it is in now: `in_use`
+    /// while `busy`, `idle` otherwise, and out of both while it has no session.
+    fn account(&mut self, busy: bool) {
+        let now = match (&self.session, busy) {
+            (None, _) => None,
+            (Some(_), false) => Some(IDLE),
+            (Some(_), true) => Some(IN_USE),
+        };
+        let metrics = &self.shared.metrics;
+        match (self.counted_as, now) {
+            (before, after) if before == after => {}
+            (Some(IDLE), Some(IN_USE)) => metrics.hsm_session_busy(true),
+            (Some(IN_USE), Some(IDLE)) => metrics.hsm_session_busy(false),
+            (before, after) => {
+                if let Some(state) = before {
+                    metrics.add_hsm_sessions(state, -1);
+                }
+                if let Some(state) = after {
+                    metrics.add_hsm_sessions(state, 1);
+                }
+            }
+        }
+        self.counted_as = now;
     }
 
     /// Runs `f` on this worker's session, if it has one.
@@ -260,7 +304,13 @@ impl Worker {
             self.next_attempt = Instant::now() + MAX_BACKOFF;
             return;
         }
-        match token::open_session(&shared.pkcs11, shared.slot, &shared.pin, false) {
+        match token::open_session(
+            &shared.pkcs11,
+            &shared.metrics,
+            shared.slot,
+            &shared.pin,
+            false,
+        ) {
             Ok(session) => {
                 tracing::info!(worker = self.id, "opened a new PKCS#11 session");
                 self.session = Some(session);

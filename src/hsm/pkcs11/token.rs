@@ -13,8 +13,10 @@ use cryptoki::slot::{Slot, TokenInfo};
 use secrecy::SecretString;
 
 use super::errors::{Operation, fail};
+use super::timing::{call, timed};
 use crate::config::TokenSelector;
 use crate::hsm::HsmError;
+use crate::metrics::Metrics;
 
 /// Who the token says it is, from `C_GetTokenInfo`; for startup logs and health reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,16 +57,20 @@ impl TokenIdentity {
 }
 
 /// Finds the one initialised token that `selector` names.
-pub(super) fn select(pkcs11: &Pkcs11, selector: &TokenSelector) -> Result<Slot, HsmError> {
-    let slots = pkcs11
-        .get_slots_with_initialized_token()
-        .map_err(|e| fail(&e, Operation::Session))?;
+pub(super) fn select(
+    pkcs11: &Pkcs11,
+    metrics: &Metrics,
+    selector: &TokenSelector,
+) -> Result<Slot, HsmError> {
+    let slots = call(metrics, "C_GetSlotList", Operation::Session, || {
+        pkcs11.get_slots_with_initialized_token()
+    })?;
     let mut matches = Vec::new();
     let mut seen = Vec::new();
     for slot in slots {
-        let info = pkcs11
-            .get_token_info(slot)
-            .map_err(|e| fail(&e, Operation::Session))?;
+        let info = call(metrics, "C_GetTokenInfo", Operation::Session, || {
+            pkcs11.get_token_info(slot)
+        })?;
         let (label, serial) = (info.label().trim(), info.serial_number().trim());
         let hit = match selector {
             TokenSelector::Label(want) => label == want.trim(),
@@ -91,36 +97,43 @@ pub(super) fn select(pkcs11: &Pkcs11, selector: &TokenSelector) -> Result<Slot, 
 /// Reads the token identity of `slot`.
 pub(super) fn identity(
     pkcs11: &Pkcs11,
+    metrics: &Metrics,
     slot: Slot,
     op: Operation,
 ) -> Result<TokenIdentity, HsmError> {
-    let info = pkcs11.get_token_info(slot).map_err(|e| fail(&e, op))?;
+    let info = call(metrics, "C_GetTokenInfo", op, || {
+        pkcs11.get_token_info(slot)
+    })?;
     Ok(TokenIdentity::from_info(&info))
 }
 
 /// Opens a session on `slot` (R/W when `read_write`) and makes sure the user is logged in.
 pub(super) fn open_session(
     pkcs11: &Pkcs11,
+    metrics: &Metrics,
     slot: Slot,
     pin: &SecretString,
     read_write: bool,
 ) -> Result<Session, HsmError> {
     let op = Operation::Session;
-    let session = if read_write {
-        pkcs11.open_rw_session(slot)
-    } else {
-        pkcs11.open_ro_session(slot)
-    }
-    .map_err(|e| fail(&e, op))?;
-    login(&session, pin).map_err(|e| fail(&e, op))?;
+    let session = call(metrics, "C_OpenSession", op, || {
+        if read_write {
+            pkcs11.open_rw_session(slot)
+        } else {
+            pkcs11.open_ro_session(slot)
+        }
+    })?;
+    login(&session, metrics, pin).map_err(|e| fail(&e, op))?;
     Ok(session)
 }
 
 /// `C_Login` as CKU_USER; an application that is already logged in counts as success.
 ///
 /// cryptoki exposes the PIN only for the duration of the call; `SecretString` wipes it on drop.
-pub(super) fn login(session: &Session, pin: &SecretString) -> Result<(), Error> {
-    match session.login(UserType::User, Some(pin)) {
+pub(super) fn login(session: &Session, metrics: &Metrics, pin: &SecretString) -> Result<(), Error> {
+    match timed(metrics, "C_Login", || {
+        session.login(UserType::User, Some(pin))
+    }) {
         Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) | Ok(()) => Ok(()),
         Err(err) => Err(err),
     }

@@ -1,0 +1,123 @@
+//! The audit record: exactly one structured line per XKS API request (checklist §5.2 LOG-1,
+//! LOG-4, LOG-6, LOG-8), plus the request metrics recorded from the same facts.
+//!
+//! The line is an `info` event with target [`TARGET`] (`xks_proxy::audit`), so operators can
+//! route or filter it on its own, e.g. `[logging] level = "warn,xks_proxy::audit=info"`. With
+//! `format = "json"` it is one JSON object per line; `format = "text"` gives the same fields
+//! human-readable for development. Fields (snake_case), absent when unknown:
+//!
+//! | field | content |
+//! |---|---|
+//! | `timestamp`, `level`, `target` | added by the formatter; `target` is `xks_proxy::audit` |
+//! | `message` | always `xks request` |
+//! | `kms_request_id` | `requestMetadata.kmsRequestId` (LOG-1: correlates with CloudTrail) |
+//! | `key_store` | the key store's configured name; absent for unknown paths |
+//! | `operation` | `Encrypt`, `Decrypt`, `GetKeyMetadata` or `GetHealthStatus`; absent for unknown paths |
+//! | `kms_operation` | `requestMetadata.kmsOperation`, e.g. `GenerateDataKey` |
+//! | `aws_principal_arn` | `requestMetadata.awsPrincipalArn` |
+//! | `kms_key_arn` | `requestMetadata.kmsKeyArn` |
+//! | `kms_via_service` | `requestMetadata.kmsViaService` |
+//! | `aws_source_vpc`, `aws_source_vpce` | `requestMetadata.awsSourceVpc` / `awsSourceVpce`, when present |
+//! | `external_key_id` | the key id from the URI |
+//! | `status` | the HTTP status answered |
+//! | `outcome` | `success` (2xx) or `failure` |
+//! | `error_name` | the XKS `errorName` of a failure |
+//! | `reason` | why it failed: for a 401 the [`AuthError::reason`] code (`bad_signature`, `unknown_access_key_id`, `clock_skew`, …), otherwise the `errorMessage` sent to KMS |
+//! | `data_bytes`, `aad_bytes` | decoded sizes of the plaintext (Encrypt) or ciphertext (Decrypt) and of the AAD: lengths only (LOG-8) |
+//! | `duration_us` | time from request start to response, in microseconds (LOG-6) |
+//! | `hsm_member` | the HSM member (token serial) that served the request, when it reached the HSM (LOG-4) |
+//!
+//! `requestMetadata` is only known once the body has been authenticated and parsed, so a 401
+//! or a malformed body has no `kms_request_id`. Never logged: plaintext, AAD or ciphertext
+//! contents, IVs, tags, the `Authorization` header, signatures, secrets or PINs (LOG-2,
+//! LOG-8). The request body is never formatted: only the validated metadata strings are.
+//!
+//! [`AuthError::reason`]: crate::auth::AuthError::reason
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::xks::wire::RequestMetadata;
+
+/// The tracing target of the audit line.
+pub const TARGET: &str = "xks_proxy::audit";
+
+/// `key_store` metric label before a key store was resolved: a bounded value, never the path.
+const NO_KEY_STORE: &str = "none";
+/// `operation` metric label for a path that is no XKS API.
+const UNKNOWN_OPERATION: &str = "unknown";
+
+/// What is known about a request so far; filled in while it is handled, emitted once at the
+/// end by [`AuditRecord::finish`].
+#[derive(Debug, Default)]
+pub(super) struct AuditRecord {
+    /// The key store's name, once the path resolved.
+    pub(super) key_store: Option<String>,
+    /// The XKS API, once the path resolved.
+    pub(super) operation: Option<&'static str>,
+    /// The key id from the URI.
+    pub(super) external_key_id: Option<String>,
+    /// The parsed `requestMetadata`.
+    pub(super) metadata: Option<RequestMetadata>,
+    /// [`AuthError::reason`](crate::auth::AuthError::reason) of a SigV4 rejection.
+    pub(super) auth_failure: Option<&'static str>,
+    /// Decoded plaintext (Encrypt) or ciphertext (Decrypt) length.
+    pub(super) data_bytes: Option<usize>,
+    /// Decoded AAD length.
+    pub(super) aad_bytes: Option<usize>,
+    /// The HSM member that served the request.
+    pub(super) hsm_member: Option<String>,
+}
+
+impl AuditRecord {
+    /// Writes the audit line and records the request in `metrics`.
+    pub(super) fn finish(
+        self,
+        metrics: &Metrics,
+        status: StatusCode,
+        error: Option<&ApiError>,
+        elapsed: Duration,
+    ) {
+        let error_name = error.map(|e| e.name().as_str());
+        let reason = self.auth_failure.or(match error {
+            Some(ApiError::Xks(e)) => Some(e.message()),
+            Some(ApiError::MethodNotAllowed { .. }) => Some("method not allowed"),
+            None => None,
+        });
+        let meta = self.metadata.as_ref();
+        tracing::info!(
+            target: TARGET,
+            kms_request_id = meta.map(|m| m.kms_request_id.as_str()),
+            key_store = self.key_store.as_deref(),
+            operation = self.operation,
+            kms_operation = meta.map(|m| m.kms_operation.as_str()),
+            aws_principal_arn = meta.and_then(|m| m.aws_principal_arn.as_deref()),
+            kms_key_arn = meta.and_then(|m| m.kms_key_arn.as_deref()),
+            kms_via_service = meta.and_then(|m| m.kms_via_service.as_deref()),
+            aws_source_vpc = meta.and_then(|m| m.aws_source_vpc.as_deref()),
+            aws_source_vpce = meta.and_then(|m| m.aws_source_vpce.as_deref()),
+            external_key_id = self.external_key_id.as_deref(),
+            status = status.as_u16(),
+            outcome = if error.is_none() { "success" } else { "failure" },
+            error_name,
+            reason,
+            data_bytes = self.data_bytes,
+            aad_bytes = self.aad_bytes,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            hsm_member = self.hsm_member.as_deref(),
+            "xks request"
+        );
+        metrics.request_finished(
+            RequestLabels {
+                key_store: self.key_store.unwrap_or_else(|| NO_KEY_STORE.to_owned()),
+                operation: self.operation.unwrap_or(UNKNOWN_OPERATION).to_owned(),
+                status: status.as_u16(),
+                error_name: error_name.unwrap_or_default().to_owned(),
+            },
+            elapsed,
+        );
+    }
+}
