@@ -146,6 +146,14 @@ REGISTER = re.compile(
 )
 
 
+# Metrics produced by a custom `Collector` at scrape time (e.g. the TLS expiry gauge).
+COLLECTED = re.compile(
+    r"encode_descriptor\(\s*\"(?P<name>[a-z0-9_]+)\"\s*,\s*\"(?:[^\"\\]|\\.)*\"\s*,\s*"
+    r"(?:Some\(&Unit::(?P<unit>\w+)\)|None)\s*,\s*(?P<kind>\w+)",
+    re.S,
+)
+
+
 def metric_families(problems: Problems) -> dict[str, set[str]]:
     """Metric family name -> every sample name it exposes, derived from the registrations
     in src/metrics.rs the way prometheus-client names them (prefix, unit suffix, `_total`
@@ -169,6 +177,16 @@ def metric_families(problems: Problems) -> dict[str, set[str]]:
         else:
             problems.add(f"src/metrics.rs: cannot tell the type of metric {base!r} "
                          f"(variable {reg.group('var')!r})")
+    for col in COLLECTED.finditer(source):
+        base = prefix + col.group("name")
+        if col.group("unit"):
+            base += "_" + col.group("unit").lower()
+        if "Gauge" in col.group("kind"):
+            families[base] = {base}
+        elif "Counter" in col.group("kind"):
+            families[base + "_total"] = {base + "_total"}
+        else:
+            problems.add(f"src/metrics.rs: cannot tell the type of collected metric {base!r}")
     if len(families) < 5:
         problems.add(f"src/metrics.rs: found only {len(families)} metric registrations; the "
                      "parser in deploy/check.py needs updating")

@@ -56,9 +56,11 @@ impl Server {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = log
-                .recv_timeout(left)
-                .expect("no startup line from xks-proxy serve");
+            let Ok(line) = log.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no startup line from xks-proxy serve within 30 s");
+            };
             if line.contains("xks-proxy started") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let addr = value["listen"].as_str().unwrap().parse().unwrap();
