@@ -67,7 +67,7 @@ impl Pkcs11Backend {
                 token::open_session(
                     &shared.pkcs11,
                     &shared.metrics,
-                    shared.slot,
+                    *shared.slot.read(),
                     &shared.pin,
                     true,
                 )?

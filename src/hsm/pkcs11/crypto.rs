@@ -131,7 +131,7 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
             tier: Tier::Device,
         }));
     }
-    token::identity(&shared.pkcs11, metrics, shared.slot, op)
+    token::identity(&shared.pkcs11, metrics, *shared.slot.read(), op)
 }
 
 /// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV.

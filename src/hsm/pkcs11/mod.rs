@@ -17,17 +17,19 @@ mod crypto;
 mod errors;
 mod keys;
 mod pool;
+mod recovery;
 mod timing;
 mod token;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
@@ -57,12 +59,21 @@ pub struct Pkcs11Backend {
     /// failure until the next admin call reopens it.
     admin: Mutex<Option<Session>>,
     identity: TokenIdentity,
+    /// The background thread that rebuilds the context after device failures.
+    recovery: Option<JoinHandle<()>>,
 }
 
 /// State shared by the backend and its workers.
 struct Shared {
     pkcs11: Pkcs11,
-    slot: Slot,
+    /// The token's slot; it can change when the context is rebuilt.
+    slot: RwLock<Slot>,
+    /// Bumped by every context rebuild; sessions of an older generation are stale.
+    generation: AtomicU64,
+    /// True from a device failure until the context is rebuilt: requests fail fast.
+    recovering: AtomicBool,
+    /// Wakes the recovery thread.
+    recovery: recovery::Recovery,
     pin: SecretString,
     keys: KeyCache,
     health_key: ExternalKeyId,
@@ -115,7 +126,10 @@ impl Pkcs11Backend {
         }
         let shared = Arc::new(Shared {
             pkcs11,
-            slot,
+            slot: RwLock::new(slot),
+            generation: AtomicU64::new(0),
+            recovering: AtomicBool::new(false),
+            recovery: recovery::Recovery::default(),
             pin,
             keys: KeyCache::default(),
             health_key: settings.health_key_label.clone(),
@@ -123,6 +137,7 @@ impl Pkcs11Backend {
             metrics,
         });
         let pool = Pool::start(&shared, sessions, settings.queue_depth)?;
+        let recovery = recovery::start(&shared, settings.token.clone())?;
         guard.0 = None;
 
         tracing::info!(
@@ -137,6 +152,7 @@ impl Pkcs11Backend {
             pool,
             admin: Mutex::new(Some(admin)),
             identity,
+            recovery: Some(recovery),
         })
     }
 
@@ -240,6 +256,12 @@ impl KeyBackend for Pkcs11Backend {
 impl Drop for Pkcs11Backend {
     fn drop(&mut self) {
         self.pool.shutdown();
+        self.shared.recovery.stop();
+        if let Some(thread) = self.recovery.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the PKCS#11 recovery thread panicked");
+        }
         if let Some(session) = self.admin.get_mut().take() {
             if let Err(err) = session.logout() {
                 tracing::debug!(error = %err, "C_Logout at shutdown failed");

@@ -9,17 +9,18 @@
 //! a job whose deadline has passed without touching the HSM. No PKCS#11 call ever runs on a
 //! tokio thread.
 //!
-//! Recovery: a job that fails with a session, login or device [`Tier`] makes its worker close
-//! the session and open and log in a fresh one; a session or login failure is then retried
-//! once on the fresh session if the deadline allows, so a dropped session costs the client
-//! nothing. Login and device failures also flush the key-handle cache. If a session cannot be
-//! opened, the worker answers [`HsmError::Unavailable`] and retries with exponential backoff,
-//! never spinning.
+//! Recovery: a job that fails with a session or login [`Tier`] makes its worker close the
+//! session and open and log in a fresh one, then retry the job once on it if the deadline
+//! allows, so a dropped session costs the client nothing. A device failure instead drops the
+//! session and asks the recovery thread (`recovery`) to rebuild the whole context in the
+//! background; until it has, jobs fail fast with [`HsmError::Unavailable`], and afterwards
+//! every worker replaces its stale session before its next job. Login and device failures
+//! also flush the key-handle cache. If a session cannot be opened, the worker answers
+//! [`HsmError::Unavailable`] and retries with exponential backoff, never spinning.
+//!
 //! Metrics: `xks_hsm_sessions{state="idle"|"in_use"}` counts the workers' open sessions,
 //! `in_use` while a job runs on one; a worker whose session is lost leaves both until it
 //! reopens one, so the two always add up to the open worker sessions.
-//! Seam for later: a device-tier failure should rebuild the whole context (`C_Finalize`,
-//! `C_Initialize`) instead of only the session; see [`Worker::repair`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -192,10 +193,13 @@ struct Worker {
     next_attempt: Instant,
     /// Where this worker's session is counted in `xks_hsm_sessions`; `None`: no session.
     counted_as: Option<&'static str>,
+    /// The context generation `session` belongs to.
+    generation: u64,
 }
 
 impl Worker {
     fn new(id: usize, session: Session, shared: Arc<Shared>) -> Self {
+        let generation = shared_generation(&shared);
         Self {
             id,
             session: Some(session),
@@ -203,6 +207,7 @@ impl Worker {
             backoff: MIN_BACKOFF,
             next_attempt: Instant::now(),
             counted_as: Some(IDLE),
+            generation,
         }
     }
 
@@ -232,6 +237,11 @@ impl Worker {
                 "dropping a request whose deadline passed in the queue"
             );
             return;
+        }
+        if self.session.is_some() && self.generation != shared_generation(&self.shared) {
+            // The context was rebuilt: this session belongs to the old one.
+            self.session = None;
+            self.next_attempt = Instant::now();
         }
         if self.session.is_none() && Instant::now() >= self.next_attempt {
             self.reopen();
@@ -271,6 +281,11 @@ impl Worker {
         &self,
         f: &impl Fn(&Session, &Shared) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
+        if self.shared.recovering.load(Ordering::SeqCst) {
+            return Err(HsmError::Unavailable(
+                "the HSM connection is being rebuilt".into(),
+            ));
+        }
         match &self.session {
             Some(session) => f(session, &self.shared),
             None => Err(HsmError::Unavailable(
@@ -279,21 +294,25 @@ impl Worker {
         }
     }
 
-    /// Replaces the session after a failure of `tier`.
-    ///
-    /// Today every tier gets a fresh session (and a fresh login if needed); a device-tier
-    /// failure is where a full context rebuild will hook in.
+    /// Repairs after a failure of `tier`: a fresh session (and login) for session and login
+    /// failures; for device failures the session is dropped and the recovery thread asked to
+    /// rebuild the whole context, off the request path.
     fn repair(&mut self, tier: Tier) {
-        tracing::warn!(
-            worker = self.id,
-            ?tier,
-            "replacing the PKCS#11 session after a failure"
-        );
         if matches!(tier, Tier::Login | Tier::Device) {
             self.shared.keys.clear();
         }
         self.session = None;
         self.backoff = MIN_BACKOFF;
+        if tier == Tier::Device {
+            self.shared.recovery.request(&self.shared);
+            self.next_attempt = Instant::now();
+            return;
+        }
+        tracing::warn!(
+            worker = self.id,
+            ?tier,
+            "replacing the PKCS#11 session after a failure"
+        );
         self.reopen();
     }
 
@@ -304,16 +323,23 @@ impl Worker {
             self.next_attempt = Instant::now() + MAX_BACKOFF;
             return;
         }
+        if shared.recovering.load(Ordering::SeqCst) {
+            // The recovery thread owns the device now; look again shortly.
+            self.next_attempt = Instant::now() + MIN_BACKOFF;
+            return;
+        }
+        let generation = shared_generation(shared);
         match token::open_session(
             &shared.pkcs11,
             &shared.metrics,
-            shared.slot,
+            *shared.slot.read(),
             &shared.pin,
             false,
         ) {
             Ok(session) => {
                 tracing::info!(worker = self.id, "opened a new PKCS#11 session");
                 self.session = Some(session);
+                self.generation = generation;
                 self.backoff = MIN_BACKOFF;
             }
             Err(err) => {
@@ -330,4 +356,8 @@ impl Worker {
             }
         }
     }
+}
+
+fn shared_generation(shared: &Shared) -> u64 {
+    shared.generation.load(Ordering::SeqCst)
 }
