@@ -988,3 +988,42 @@ async fn metrics_count_requests_auth_failures_and_health() {
         .unwrap_or_else(|| panic!("no member health in\n{text}"));
     assert!(health.ends_with(" 2"), "{health}");
 }
+
+#[tokio::test]
+async fn uri_3_a_key_store_quota_answers_throttling_when_exhausted() {
+    let proxy = ProxyBuilder {
+        store_a_extra: "[key_stores.rate_limit]\nrequests_per_second = 1\nburst = 2".into(),
+        ..Default::default()
+    }
+    .start()
+    .await;
+    let client = proxy.client();
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(429, "ThrottlingException");
+    // Another key store has its own (absent) quota; unauthenticated requests spend nothing.
+    let b = proxy.client().signer(Some(Signer::new(AKID_B, SECRET_B)));
+    b.post("/tenant-b/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let bad = proxy
+        .client()
+        .signer(Some(Signer::new(support::AKID_A1, SECRET_B)));
+    bad.post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(401, "AuthenticationFailedException");
+    client
+        .post("/tenant-a/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+}

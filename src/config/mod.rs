@@ -169,6 +169,17 @@ pub struct KeyStoreSettings {
     pub allowed_keys: Option<Vec<ExternalKeyId>>,
     /// A disabled store answers every request with `InvalidStateException`.
     pub enabled: bool,
+    /// Optional request quota of this key store (URI-3): beyond it, `ThrottlingException`.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `requests_per_second` sustained, bursts of up to `burst` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: u32,
+    /// Bucket size (≥ 1).
+    pub burst: u32,
 }
 
 /// A SigV4 credential (AU-14).

@@ -139,6 +139,14 @@ pub(super) struct RawKeyStore {
     pub(super) allowed_keys: Option<Vec<String>>,
     #[serde(default = "defaults::yes")]
     pub(super) enabled: bool,
+    pub(super) rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub(super) requests_per_second: u32,
+    pub(super) burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,8 @@ use super::raw::{RawClientAuth, RawConfig, RawCredential, RawHsm, RawKeyStore, R
 use super::types::{AccessKeyId, ClientSubjectName, UriPrefix};
 use super::{
     AdminSettings, ClientAuth, Credential, HealthSettings, HsmSettings, KeyStoreSettings, Limits,
-    LogFormat, LoggingSettings, ServerSettings, Settings, TlsSettings, TokenSelector, Transport,
+    LogFormat, LoggingSettings, RateLimit, ServerSettings, Settings, TlsSettings, TokenSelector,
+    Transport,
 };
 use crate::xks::ExternalKeyId;
 
@@ -311,6 +312,24 @@ fn validate_key_stores(
             Some(p) if !p.as_str().is_empty() => p.as_str().trim_start_matches('/').to_owned(),
             _ => "default".to_owned(),
         });
+        let rate_limit = store.rate_limit.and_then(|raw| {
+            let rps = range(
+                &at("rate_limit.requests_per_second"),
+                raw.requests_per_second,
+                1..=1_000_000,
+                errors,
+            )?;
+            let burst = range(
+                &at("rate_limit.burst"),
+                raw.burst.unwrap_or(rps),
+                1..=10_000_000,
+                errors,
+            )?;
+            Some(RateLimit {
+                requests_per_second: rps,
+                burst,
+            })
+        });
         if let Some(prefix) = prefix {
             stores.push(KeyStoreSettings {
                 name,
@@ -319,6 +338,7 @@ fn validate_key_stores(
                 allowed_regions,
                 allowed_keys,
                 enabled: store.enabled,
+                rate_limit,
             });
         }
     }

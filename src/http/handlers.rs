@@ -97,6 +97,16 @@ async fn handle(
         )
         .into());
     }
+    // URI-3: after authentication, so nobody can spend a tenant's quota without its key.
+    if let Some(quota) = &store.quota
+        && !quota.try_take()
+    {
+        return Err(XksError::new(
+            ErrorName::ThrottlingException,
+            "the request rate of this key store exceeds its quota",
+        )
+        .into());
+    }
     require_json_content_type(parts)?;
 
     match operation {

@@ -8,6 +8,7 @@
 pub mod audit;
 mod error;
 mod handlers;
+mod quota;
 mod routing;
 
 use std::collections::HashSet;
@@ -53,6 +54,8 @@ pub struct KeyStore {
     settings: KeyStoreSettings,
     credentials: CredentialStore,
     allowed_keys: Option<HashSet<ExternalKeyId>>,
+    /// The store's request quota, if it has one (a reload starts a full bucket).
+    quota: Option<quota::TokenBucket>,
 }
 
 impl KeyStore {
@@ -63,10 +66,12 @@ impl KeyStore {
             .allowed_keys
             .as_ref()
             .map(|k| k.iter().cloned().collect());
+        let quota = settings.rate_limit.map(quota::TokenBucket::new);
         Self {
             settings,
             credentials,
             allowed_keys,
+            quota,
         }
     }
 
