@@ -29,6 +29,8 @@ WORKDIR /src
 # do not invalidate this layer.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Workspace member (the test-only fault module): needed to load the workspace, not built.
+COPY softhsm/fault-pkcs11 ./softhsm/fault-pkcs11
 # The release profile keeps line tables for local backtraces; the image drops them (about
 # 45 MB -> 9 MB) and keeps symbol names, so panics still name their functions.
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo

@@ -20,13 +20,13 @@ fi
 
 export XKS_REQUIRE_PROMETHEUS=1
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --no-fail-fast
-    cargo test --doc --locked
+    cargo nextest run --workspace --locked --no-fail-fast
+    cargo test --workspace --doc --locked
 else
-    cargo test --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast
 fi
 if [ -x deploy/check.sh ]; then
     ./deploy/check.sh

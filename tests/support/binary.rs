@@ -33,12 +33,18 @@ pub struct Server {
 impl Server {
     /// Starts `xks-proxy serve --config <config>` and waits for its startup line.
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. the fault module's).
+    pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Self {
         let token = softhsm::token();
         // Reaped in `terminate` or `Drop`.
         #[allow(clippy::zombie_processes)]
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("SOFTHSM2_CONF", &token.conf)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

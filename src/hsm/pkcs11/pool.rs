@@ -238,8 +238,9 @@ impl Worker {
             );
             return;
         }
-        if self.session.is_some() && self.generation != shared_generation(&self.shared) {
-            // The context was rebuilt: this session belongs to the old one.
+        if self.generation != shared_generation(&self.shared) {
+            // The context was rebuilt: any session belongs to the old one, and a reopen
+            // postponed during the outage is due now.
             self.session = None;
             self.next_attempt = Instant::now();
         }

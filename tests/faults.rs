@@ -1,0 +1,301 @@
+//! Surviving the HSM: the real `xks-proxy serve` binary on the fault-injecting PKCS#11 module
+//! (`softhsm/fault-pkcs11`) in front of a real SoftHSM2 token. For each failure class: the
+//! status and `errorName` the client sees, that the answer comes within the deadline, and how
+//! long until requests succeed again once the fault is lifted (printed as `MEASURE` lines;
+//! `cargo nextest run --test faults --no-capture` shows them).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::binary::{BIN, Server};
+use support::bodies::{self, unb64};
+use support::{AKID_A1, Ca, Client, SECRET_A1, Signer, softhsm};
+use xks_proxy::hsm::KeyUsage;
+
+/// The request budget the proxies here run with.
+const TIMEOUT_MS: u64 = 200;
+
+/// The built fault module, next to the proxy binary (built on demand).
+fn fault_module() -> &'static Path {
+    static MODULE: OnceLock<PathBuf> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let dir = Path::new(BIN).parent().unwrap().to_owned();
+        let module = dir.join("libxks_fault_pkcs11.so");
+        if !module.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-p", "xks-fault-pkcs11"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot build the fault module");
+        }
+        assert!(module.exists(), "{} missing", module.display());
+        module
+    })
+}
+
+/// A proxy whose HSM is the fault module; `set` changes the faults while it runs.
+struct Faulty {
+    server: Server,
+    control: PathBuf,
+    ca: Ca,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Faulty {
+    fn start(sessions: usize, queue_depth: usize) -> Self {
+        let key = softhsm::create_key("fault", &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("fault CA");
+        let (chain, tls_key) = ca.server().write(dir.path(), &ca, "server");
+        let control = dir.path().join("faults");
+        std::fs::write(&control, "").unwrap();
+        let config = dir.path().join("xks-proxy.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = {TIMEOUT_MS}\n\
+                 [server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {tls_key:?}\n\
+                 [hsm]\nmodule = {module:?}\ntoken_label = \"{label}\"\nuser_pin = \"{pin}\"\n\
+                 sessions = {sessions}\nqueue_depth = {queue_depth}\n\
+                 [health]\ncache_ttl_seconds = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[key_stores]]\npath_prefix = \"/t\"\n[[key_stores.credentials]]\n\
+                 access_key_id = \"{AKID_A1}\"\nsecret = \"{SECRET_A1}\"\n",
+                module = fault_module(),
+                label = softhsm::TOKEN_LABEL,
+                pin = softhsm::USER_PIN,
+            ),
+        )
+        .unwrap();
+        let server = Server::start_with_env(
+            &config,
+            &[
+                ("XKS_FAULT_CONTROL", control.as_path()),
+                ("XKS_FAULT_REAL_MODULE", Path::new(softhsm::MODULE)),
+            ],
+        );
+        Self {
+            server,
+            control,
+            ca,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the fault rules; the module sees the change within a few milliseconds.
+    fn set(&self, rules: &str) {
+        let staged = self.control.with_extension("new");
+        std::fs::write(&staged, rules).unwrap();
+        std::fs::rename(&staged, &self.control).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    fn client(&self) -> Client {
+        Client::tls(self.server.addr, &self.ca, None).signer(Some(Signer::new(AKID_A1, SECRET_A1)))
+    }
+
+    fn path(&self, op: &str) -> String {
+        format!("/t/kms/xks/v1/keys/{}/{op}", self.key)
+    }
+
+    async fn encrypt(&self) -> support::Reply {
+        self.client()
+            .post(
+                &self.path("encrypt"),
+                &bodies::encrypt(b"fault test", None, false),
+            )
+            .await
+    }
+
+    /// Polls encrypt until it succeeds; returns how long that took (at most 15 s).
+    async fn time_to_recover(&self) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.encrypt().await.status == 200 {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no recovery within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The client must hear back within the deadline plus scheduling slack.
+#[track_caller]
+fn within_deadline(elapsed: Duration) {
+    assert!(
+        elapsed < Duration::from_millis(TIMEOUT_MS + 800),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn deadline_a_hung_hsm_call_is_dependency_timeout_and_spares_free_sessions() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    hsm.set("hang C_Encrypt\n");
+    let started = Instant::now();
+    let hung = hsm.encrypt();
+    let metadata = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hsm.client()
+            .post(&hsm.path("metadata"), &bodies::metadata())
+            .await
+    };
+    let (hung, metadata) = tokio::join!(hung, metadata);
+    hung.assert_error(503, "DependencyTimeoutException");
+    within_deadline(started.elapsed());
+    // The other session was free: a request that does not need C_Encrypt is served.
+    metadata.assert_ok();
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE hang released -> first success: {took:?}");
+}
+
+#[tokio::test]
+async fn back_pressure_a_full_queue_is_throttling_at_once() {
+    let hsm = Faulty::start(1, 0);
+    hsm.encrypt().await.assert_ok();
+    hsm.set("hang C_Encrypt\n");
+    let hung = hsm.encrypt();
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        (hsm.encrypt().await, started.elapsed())
+    };
+    let (hung, (second, waited)) = tokio::join!(hung, second);
+    hung.assert_error(503, "DependencyTimeoutException");
+    second.assert_error(429, "ThrottlingException");
+    assert!(
+        waited < Duration::from_millis(TIMEOUT_MS),
+        "429 must not wait: {waited:?}"
+    );
+    hsm.set("");
+    hsm.time_to_recover().await;
+}
+
+#[tokio::test]
+async fn recovery_session_and_login_failures_are_retried_invisibly() {
+    let hsm = Faulty::start(2, 16);
+    for rv in [
+        "CKR_SESSION_HANDLE_INVALID",
+        "CKR_SESSION_CLOSED",
+        "CKR_USER_NOT_LOGGED_IN",
+    ] {
+        hsm.set(&format!("fail C_Encrypt {rv} once\n"));
+        let started = Instant::now();
+        hsm.encrypt().await.assert_ok();
+        eprintln!(
+            "MEASURE {rv} once -> served by retry in {:?}",
+            started.elapsed()
+        );
+    }
+    // A session failure that persists is an internal error, not a hang.
+    hsm.set("fail C_Encrypt CKR_SESSION_HANDLE_INVALID always\n");
+    let started = Instant::now();
+    hsm.encrypt().await.assert_error(500, "InternalException");
+    within_deadline(started.elapsed());
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE session failures lifted -> first success: {took:?}");
+}
+
+#[tokio::test]
+async fn recovery_a_removed_token_fails_fast_then_heals_without_a_restart() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    hsm.set("token-removed\n");
+    for _ in 0..3 {
+        let started = Instant::now();
+        hsm.encrypt().await.assert_error(500, "InternalException");
+        within_deadline(started.elapsed());
+    }
+    // H-16: no member can serve → health is an error; readiness fails.
+    hsm.client()
+        .post("/t/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_error(500, "InternalException");
+    let ready = Client::plaintext(hsm.server.admin_addr)
+        .signer(None)
+        .send("GET", "/readyz", &[], b"")
+        .await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE token reinserted -> first success: {took:?}");
+    hsm.server.wait_for_log("PKCS#11 context rebuilt");
+    let health = hsm
+        .client()
+        .post("/t/kms/xks/v1/health", &bodies::health())
+        .await
+        .assert_ok();
+    assert_eq!(health["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
+}
+
+#[tokio::test]
+async fn recovery_device_errors_rebuild_the_context_in_the_background() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    for rv in [
+        "CKR_DEVICE_ERROR",
+        "CKR_GENERAL_ERROR",
+        "CKR_DEVICE_REMOVED",
+    ] {
+        hsm.set(&format!("fail C_Encrypt {rv} once\n"));
+        let started = Instant::now();
+        hsm.encrypt().await.assert_error(500, "InternalException");
+        within_deadline(started.elapsed());
+        hsm.set("");
+        let took = hsm.time_to_recover().await;
+        eprintln!("MEASURE {rv} once -> context rebuilt, first success after {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
+    let hsm = Faulty::start(2, 16);
+    let enc = hsm.encrypt().await.assert_ok();
+    let dec = bodies::decrypt_from(&enc, None).to_string();
+    // D-12: other HSMs report a tag mismatch as ENCRYPTED_DATA_INVALID or FUNCTION_FAILED.
+    for rv in ["CKR_ENCRYPTED_DATA_INVALID", "CKR_FUNCTION_FAILED"] {
+        hsm.set(&format!("fail C_Decrypt {rv} once\n"));
+        hsm.client()
+            .post(&hsm.path("decrypt"), dec.as_bytes())
+            .await
+            .assert_error(400, "InvalidCiphertextException");
+    }
+    hsm.set("fail C_EncryptInit CKR_KEY_FUNCTION_NOT_PERMITTED once\n");
+    hsm.encrypt()
+        .await
+        .assert_error(400, "InvalidKeyUsageException");
+    // CDIV-9: the verification decrypt failing makes the new ciphertext untrustworthy.
+    hsm.set("fail C_Decrypt CKR_FUNCTION_FAILED once\n");
+    let cdiv = bodies::encrypt(b"fault test", None, true);
+    hsm.client()
+        .post(&hsm.path("encrypt"), &cdiv)
+        .await
+        .assert_error(500, "InternalException");
+    hsm.set("");
+    let plain = hsm
+        .client()
+        .post(&hsm.path("decrypt"), dec.as_bytes())
+        .await
+        .assert_ok();
+    assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+    hsm.client()
+        .post(&hsm.path("encrypt"), &cdiv)
+        .await
+        .assert_ok();
+}
