@@ -8,11 +8,11 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
-use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
 use crate::config::HsmMemberSettings;
+use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
+use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::hsm::{FleetBackend, KeyUsage};
 use crate::metrics::Metrics;
-use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::xks::ExternalKeyId;
 
 mod serve;

@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ClientAuth, Settings, Transport};
-use crate::hsm::KeyBackend;
 use crate::hsm::FleetBackend;
+use crate::hsm::KeyBackend;
 use crate::hsm::pkcs11::{Pkcs11Backend, TokenIdentity};
 use crate::http::{AppState, router};
 use crate::logging::LogLevelHandle;
@@ -71,8 +71,8 @@ fn open_backend(
 ) -> Result<(Arc<dyn KeyBackend>, TokenIdentity), String> {
     let failed = |e| format!("cannot open the HSM: {e}");
     if settings.hsm_members.is_empty() {
-        let backend = Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(metrics))
-            .map_err(failed)?;
+        let backend =
+            Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(metrics)).map_err(failed)?;
         let identity = backend.token_identity();
         return Ok((Arc::new(backend), identity));
     }

@@ -331,8 +331,7 @@ fn h_12_hsm_members_are_validated_by_field() {
         fields(load_from_str(&fleet_toml(&files, &eleven)).unwrap_err()),
         ["hsm.members"]
     );
-    let no_pin = fleet_toml(&files, "[[hsm.members]]\n")
-        .replace("user_pin = \"1234\"\n", "");
+    let no_pin = fleet_toml(&files, "[[hsm.members]]\n").replace("user_pin = \"1234\"\n", "");
     assert_eq!(
         fields(load_from_str(&no_pin).unwrap_err()),
         ["hsm.members[0].token_label", "hsm.members[0].user_pin"]

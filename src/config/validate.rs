@@ -14,9 +14,9 @@ use super::load::Errors;
 use super::raw::{RawClientAuth, RawConfig, RawCredential, RawHsm, RawKeyStore, RawServer};
 use super::types::{AccessKeyId, ClientSubjectName, UriPrefix};
 use super::{
-    AdminSettings, ClientAuth, Credential, HealthSettings, HsmMemberSettings, HsmSettings, KeyStoreSettings, Limits,
-    LogFormat, LoggingSettings, RateLimit, ServerSettings, Settings, TlsSettings, TokenSelector,
-    Transport,
+    AdminSettings, ClientAuth, Credential, HealthSettings, HsmMemberSettings, HsmSettings,
+    KeyStoreSettings, Limits, LogFormat, LoggingSettings, RateLimit, ServerSettings, Settings,
+    TlsSettings, TokenSelector, Transport,
 };
 use crate::xks::ExternalKeyId;
 
@@ -175,10 +175,7 @@ fn validate_limits(raw: &super::raw::RawLimits, errors: &mut Errors) -> Option<L
 /// Most HSM members GetHealthStatus can report (`ekmFleetDetails`, H-12).
 const MAX_HSM_MEMBERS: usize = 10;
 
-fn validate_hsm(
-    raw: RawHsm,
-    errors: &mut Errors,
-) -> (Option<HsmSettings>, Vec<HsmMemberSettings>) {
+fn validate_hsm(raw: RawHsm, errors: &mut Errors) -> (Option<HsmSettings>, Vec<HsmMemberSettings>) {
     let RawHsm {
         module,
         token_label,
@@ -263,7 +260,10 @@ fn validate_hsm(
         );
         let token = token_selector(&at, member.token_label, member.token_serial, errors);
         if let (Some(path), Some(token)) = (&member_module, &token) {
-            let key = (std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()), token.clone());
+            let key = (
+                std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                token.clone(),
+            );
             if !tokens.insert(key) {
                 errors.push(
                     format!("{at}.token_label"),

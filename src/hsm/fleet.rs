@@ -25,8 +25,8 @@ use zeroize::Zeroizing;
 
 use super::pkcs11::{ModuleContext, Pkcs11Backend};
 use super::{
-    BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth,
-    KeyBackend, KeyMetadata, MemberHealth, MemberStatus, Tier, note_member,
+    BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
+    KeyMetadata, MemberHealth, MemberStatus, Tier, note_member,
 };
 use crate::config::HsmMemberSettings;
 use crate::metrics::Metrics;
@@ -242,7 +242,12 @@ fn probe_out_members(members: &[FleetMember]) {
     for member in members.iter().filter(|m| m.out.load(Ordering::SeqCst)) {
         let check = member.backend.health(Instant::now() + PROBE_TIMEOUT);
         match runtime.block_on(check) {
-            Ok(health) if health.members.iter().all(|m| m.status == MemberStatus::Active) => {
+            Ok(health)
+                if health
+                    .members
+                    .iter()
+                    .all(|m| m.status == MemberStatus::Active) =>
+            {
                 member.put_back();
             }
             Ok(_) => tracing::debug!(member = %member.id, "HSM member still fails its deep check"),
@@ -342,9 +347,8 @@ impl KeyBackend for FleetBackend {
                     Err(err)
                 }
                 (vendor, _) => Ok(HsmHealth {
-                    vendor: vendor.unwrap_or_else(|| {
-                        self.members[0].backend.token_identity().manufacturer
-                    }),
+                    vendor: vendor
+                        .unwrap_or_else(|| self.members[0].backend.token_identity().manufacturer),
                     members,
                 }),
             }
