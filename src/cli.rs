@@ -230,10 +230,10 @@ fn import_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     let members = if settings.hsm_members.is_empty() {
         vec![HsmMemberSettings {
             id: None,
-            hsm: settings.hsm.clone(),
+            hsm: settings.hsm,
         }]
     } else {
-        settings.hsm_members.clone()
+        settings.hsm_members
     };
     let fleet = FleetBackend::open(&members, &Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot open the HSM: {e}"))?;
