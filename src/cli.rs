@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use zeroize::Zeroizing;
 
+use crate::config::HsmMemberSettings;
 use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
-use crate::hsm::KeyUsage;
 use crate::hsm::pkcs11::Pkcs11Backend;
+use crate::hsm::{FleetBackend, KeyUsage};
+use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 mod serve;
@@ -64,6 +67,21 @@ pub enum KeysCommand {
         label: String,
         /// Comma-separated usages from encrypt, decrypt, wrap, unwrap, sign, verify, derive;
         /// `none` (or an empty string) for a key that may do nothing.
+        #[arg(long, default_value = "encrypt,decrypt")]
+        usage: String,
+    },
+    /// Generate one AES-256 key (OS CSPRNG) and create it, with the same key material, in
+    /// every HSM member's token (`[[hsm.members]]`, else the `[hsm]` token), so that a
+    /// SoftHSM/test fleet holds the same keys. Refuses if any member already has the label.
+    /// For real HSM clusters, replicate keys with the vendor's own cloning tools instead.
+    Import {
+        /// Configuration file whose `[hsm]` section names the module, tokens and PINs.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The key's label, used by KMS as `XksKeyId` (A-Z a-z 0-9 - . _, ≤ 128).
+        #[arg(long)]
+        label: String,
+        /// Comma-separated usages, as for `keys create`.
         #[arg(long, default_value = "encrypt,decrypt")]
         usage: String,
     },
@@ -139,6 +157,11 @@ pub fn run(cli: Cli) -> ExitCode {
             label,
             usage,
         }) => create_key(&config.config, &label, &usage),
+        Command::Keys(KeysCommand::Import {
+            config,
+            label,
+            usage,
+        }) => import_key(&config.config, &label, &usage),
         Command::Keys(KeysCommand::List { config }) => list_keys(&config.config),
         Command::Credentials(CredentialsCommand::New { prefix, output }) => {
             new_credentials(&prefix, output)
@@ -195,6 +218,59 @@ fn create_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     println!(
         "created AES-256 key {label} with usages [{}]",
         names.join(",")
+    );
+    Ok(())
+}
+
+fn import_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
+    let label = ExternalKeyId::parse(label).map_err(|e| format!("--label: {e}"))?;
+    let usages = parse_usages(usage)?;
+    let settings = load_settings(path)?;
+    init_cli_logging();
+    let members = if settings.hsm_members.is_empty() {
+        vec![HsmMemberSettings {
+            id: None,
+            hsm: settings.hsm,
+        }]
+    } else {
+        settings.hsm_members
+    };
+    let fleet = FleetBackend::open(&members, &Arc::new(Metrics::new()))
+        .map_err(|e| format!("cannot open the HSM: {e}"))?;
+    for member in fleet.members() {
+        let exists = member
+            .backend()
+            .key_exists(&label)
+            .map_err(|e| format!("member {}: cannot look for key {label}: {e}", member.id()))?;
+        if exists {
+            return Err(format!(
+                "member {} already has a key labelled {label}; nothing imported",
+                member.id()
+            ));
+        }
+    }
+    let mut value = Zeroizing::new([0u8; 32]);
+    getrandom::fill(value.as_mut_slice()).map_err(|e| format!("no randomness: {e}"))?;
+    let mut done = Vec::new();
+    for member in fleet.members() {
+        member
+            .backend()
+            .import_key(&label, &value, &usages)
+            .map_err(|e| {
+                format!(
+                    "member {}: cannot import key {label}: {e} (already imported into: [{}])",
+                    member.id(),
+                    done.join(", ")
+                )
+            })?;
+        done.push(member.id().to_owned());
+    }
+    let names: Vec<_> = usages.iter().map(|u| u.as_str()).collect();
+    println!(
+        "imported AES-256 key {label} with usages [{}] into {} member(s): {}",
+        names.join(","),
+        done.len(),
+        done.join(", ")
     );
     Ok(())
 }

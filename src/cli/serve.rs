@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ClientAuth, Settings, Transport};
+use crate::hsm::FleetBackend;
 use crate::hsm::KeyBackend;
-use crate::hsm::pkcs11::Pkcs11Backend;
+use crate::hsm::pkcs11::{Pkcs11Backend, TokenIdentity};
 use crate::http::{AppState, router};
 use crate::logging::LogLevelHandle;
 use crate::metrics::Metrics;
@@ -38,10 +39,7 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
         }
         Transport::PlaintextBehindLoadBalancer => None,
     };
-    let backend = Arc::new(
-        Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(&metrics))
-            .map_err(|e| format!("cannot open the HSM: {e}"))?,
-    );
+    let (backend, identity) = open_backend(&settings, &metrics)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("xks-proxy")
@@ -52,6 +50,7 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
         settings,
         tls,
         backend: Arc::clone(&backend),
+        identity,
         metrics,
         logging,
     };
@@ -65,11 +64,30 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
 }
 
 /// Everything `serve` built before the runtime started.
+/// The single `[hsm]` token, or the fleet of `[[hsm.members]]`.
+fn open_backend(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<dyn KeyBackend>, TokenIdentity), String> {
+    let failed = |e| format!("cannot open the HSM: {e}");
+    if settings.hsm_members.is_empty() {
+        let backend =
+            Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(metrics)).map_err(failed)?;
+        let identity = backend.token_identity();
+        return Ok((Arc::new(backend), identity));
+    }
+    let fleet = FleetBackend::open(&settings.hsm_members, metrics).map_err(failed)?;
+    let identity = fleet.members()[0].backend().token_identity();
+    Ok((Arc::new(fleet), identity))
+}
+
 struct Running {
     config: std::path::PathBuf,
     settings: Settings,
     tls: Option<TlsHandle>,
-    backend: Arc<Pkcs11Backend>,
+    backend: Arc<dyn KeyBackend>,
+    /// The (first) HSM token, for the startup line.
+    identity: TokenIdentity,
     metrics: Arc<Metrics>,
     logging: LogLevelHandle,
 }
@@ -84,9 +102,9 @@ impl Running {
         };
         let listener = bind(settings.server.listen).await?;
         let admin_listener = bind(settings.admin.listen).await?;
-        log_startup(settings, &listener, &admin_listener, &self.backend);
+        log_startup(settings, &listener, &admin_listener, &self.identity);
 
-        let backend = Arc::clone(&self.backend) as Arc<dyn KeyBackend>;
+        let backend = Arc::clone(&self.backend);
         let state = Arc::new(AppState::new(settings, backend, self.metrics));
         let reloader = Arc::new(Reloader::new(
             self.config.clone(),
@@ -159,7 +177,7 @@ fn log_startup(
     settings: &Settings,
     listener: &TcpListener,
     admin: &TcpListener,
-    backend: &Pkcs11Backend,
+    identity: &TokenIdentity,
 ) {
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let addr = local(listener);
@@ -183,7 +201,6 @@ fn log_startup(
             "http".to_owned()
         }
     };
-    let identity = backend.token_identity();
     let stores: Vec<_> = settings
         .key_stores
         .iter()

@@ -31,8 +31,11 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Request size limits.
     pub limits: Limits,
-    /// The HSM.
+    /// The HSM: the single `[hsm]` token, or the first member of a fleet.
     pub hsm: HsmSettings,
+    /// The HSM fleet from `[[hsm.members]]` (1–10 entries, H-12); empty when `[hsm]` names a
+    /// single token, which keeps the single-token backend.
+    pub hsm_members: Vec<HsmMemberSettings>,
     /// GetHealthStatus answers.
     pub health: HealthSettings,
     /// One logical key store per path prefix (URI-3); never empty, prefixes unique.
@@ -134,8 +137,30 @@ pub struct HsmSettings {
     pub create_health_key: bool,
 }
 
+/// One member of an HSM fleet (`[[hsm.members]]`), with `[hsm]`'s defaults applied.
+///
+/// ```toml
+/// [hsm]
+/// module = "/usr/lib/softhsm/libsofthsm2.so"
+/// user_pin_file = "/etc/xks-proxy/hsm-pin"
+///
+/// [[hsm.members]]
+/// id = "hsm-a"
+/// token_label = "xks-a"
+///
+/// [[hsm.members]]
+/// token_serial = "0123456789abcdef"
+/// ```
+#[derive(Debug, Clone)]
+pub struct HsmMemberSettings {
+    /// The member's id in health reports, audit lines and metrics; `None`: the token serial.
+    pub id: Option<String>,
+    /// Module, token and PIN of this member; sessions, queue and health key from `[hsm]`.
+    pub hsm: HsmSettings,
+}
+
 /// Token selection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TokenSelector {
     /// By `CKA_LABEL` of the token (padded to 32 chars by PKCS#11; compared trimmed).
     Label(String),

@@ -108,6 +108,21 @@ pub(super) struct RawHsm {
     pub(super) health_key_label: String,
     #[serde(default = "defaults::yes")]
     pub(super) create_health_key: bool,
+    /// `[[hsm.members]]`: an HSM fleet; empty for the single token above.
+    #[serde(default)]
+    pub(super) members: Vec<RawHsmMember>,
+}
+
+/// One `[[hsm.members]]` entry; unset fields default to `[hsm]`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHsmMember {
+    pub(super) id: Option<String>,
+    pub(super) module: Option<PathBuf>,
+    pub(super) token_label: Option<String>,
+    pub(super) token_serial: Option<String>,
+    pub(super) user_pin: Option<SecretString>,
+    pub(super) user_pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

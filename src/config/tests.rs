@@ -274,3 +274,66 @@ fn the_example_config_file_parses() {
     let s = load_from_str(&toml).unwrap();
     assert!(!s.key_stores.is_empty());
 }
+
+/// `[hsm]` without a token plus the given `[[hsm.members]]` tables.
+fn fleet_toml(files: &Files, members: &str) -> String {
+    files
+        .valid_toml()
+        .replace("token_label = \"xks\"\n", "")
+        .replace("[[key_stores]]", &format!("{members}\n[[key_stores]]"))
+}
+
+#[test]
+fn h_12_hsm_members_inherit_hsm_defaults() {
+    let files = Files::new();
+    let toml = fleet_toml(
+        &files,
+        "[[hsm.members]]\nid = \"a\"\ntoken_label = \"xks-a\"\n\
+         [[hsm.members]]\ntoken_serial = \"0123\"\nuser_pin = \"5678\"\n",
+    );
+    let s = load_from_str(&toml).unwrap();
+    assert_eq!(s.hsm_members.len(), 2);
+    let (a, b) = (&s.hsm_members[0], &s.hsm_members[1]);
+    assert_eq!(a.id.as_deref(), Some("a"));
+    assert_eq!(a.hsm.token, TokenSelector::Label("xks-a".into()));
+    assert_eq!(a.hsm.user_pin.expose_secret(), "1234");
+    assert_eq!(b.id, None);
+    assert_eq!(b.hsm.token, TokenSelector::Serial("0123".into()));
+    assert_eq!(b.hsm.user_pin.expose_secret(), "5678");
+    assert_eq!(b.hsm.module, a.hsm.module);
+    assert_eq!(s.hsm.token, a.hsm.token, "settings.hsm is the first member");
+    let single = load_from_str(&files.valid_toml()).unwrap();
+    assert!(single.hsm_members.is_empty());
+}
+
+#[test]
+fn h_12_hsm_members_are_validated_by_field() {
+    let files = Files::new();
+    let with_token = fleet_toml(&files, "[[hsm.members]]\ntoken_label = \"xks-a\"\n")
+        .replace("[hsm]\n", "[hsm]\ntoken_serial = \"9\"\n");
+    assert_eq!(
+        fields(load_from_str(&with_token).unwrap_err()),
+        ["hsm.token_serial"]
+    );
+    let duplicates = fleet_toml(
+        &files,
+        "[[hsm.members]]\nid = \"a\"\ntoken_label = \"x\"\n\
+         [[hsm.members]]\nid = \"a\"\ntoken_label = \"x\"\n",
+    );
+    assert_eq!(
+        fields(load_from_str(&duplicates).unwrap_err()),
+        ["hsm.members[1].id", "hsm.members[1].token_label"]
+    );
+    let eleven: String = (0..11)
+        .map(|i| format!("[[hsm.members]]\ntoken_label = \"t{i}\"\n"))
+        .collect();
+    assert_eq!(
+        fields(load_from_str(&fleet_toml(&files, &eleven)).unwrap_err()),
+        ["hsm.members"]
+    );
+    let no_pin = fleet_toml(&files, "[[hsm.members]]\n").replace("user_pin = \"1234\"\n", "");
+    assert_eq!(
+        fields(load_from_str(&no_pin).unwrap_err()),
+        ["hsm.members[0].token_label", "hsm.members[0].user_pin"]
+    );
+}

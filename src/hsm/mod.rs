@@ -5,7 +5,9 @@
 //! their own threads and return a future.
 
 mod error;
+mod fleet;
 pub mod pkcs11;
+mod served;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +16,8 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 pub use error::{HsmError, Pkcs11Failure, Tier};
+pub use fleet::{FleetBackend, FleetMember};
+pub use served::{note_member, recording_member};
 
 use crate::xks::ExternalKeyId;
 
@@ -56,7 +60,8 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth>;
 
     /// The id of the HSM member this backend's calls are served by (e.g. the token serial,
-    /// as in `ekmFleetDetails[].id`), for the audit log (LOG-4); `None` when unknown.
+    /// as in `ekmFleetDetails[].id`), for the audit log (LOG-4); `None` when unknown or when
+    /// it changes per request: a fleet reports each call's member with [`note_member`].
     fn member_id(&self) -> Option<&str> {
         None
     }

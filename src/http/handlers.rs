@@ -188,11 +188,17 @@ fn served_key(store: &KeyStore, api: &ApiConfig, key: &ExternalKeyId) -> Result<
     }
 }
 
-/// Records which HSM member served a backend call, unless the call never reached one: a
-/// full queue ([`HsmError::Busy`]) or a deadline that passed first ([`HsmError::Timeout`]).
-fn served_by<T>(state: &AppState, audit: &mut AuditRecord, result: &Result<T, HsmError>) {
+/// Records which HSM member served a backend call — the one the backend `noted` (a fleet),
+/// else its only one — unless the call never reached one: a full queue
+/// ([`HsmError::Busy`]) or a deadline that passed first ([`HsmError::Timeout`]).
+fn served_by<T>(
+    state: &AppState,
+    audit: &mut AuditRecord,
+    result: &Result<T, HsmError>,
+    noted: Option<String>,
+) {
     if !matches!(result, Err(HsmError::Busy | HsmError::Timeout)) {
-        audit.hsm_member = state.backend.member_id().map(str::to_owned);
+        audit.hsm_member = noted.or_else(|| state.backend.member_id().map(str::to_owned));
     }
 }
 
@@ -211,8 +217,8 @@ async fn key_metadata(
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let meta = state.backend.key_metadata(key, deadline).await;
-    served_by(state, audit, &meta);
+    let (meta, member) = hsm::recording_member(state.backend.key_metadata(key, deadline)).await;
+    served_by(state, audit, &meta, member);
     let meta = meta?;
     Ok(ok_json(&KeyMetadataResponse {
         key_spec: meta.spec.as_str().to_owned(),
@@ -261,18 +267,16 @@ async fn encrypt(
     let ekm_aad =
         framing::ekm_aad(&req.aad, &[]).map_err(|e| XksError::unsupported(e.to_string()))?;
     let plaintext = req.plaintext;
-    let sealed = state
-        .backend
-        .encrypt(
-            key.clone(),
-            hsm::EncryptRequest {
-                plaintext: plaintext.clone(),
-                aad: ekm_aad.clone(),
-            },
-            deadline,
-        )
-        .await;
-    served_by(state, audit, &sealed);
+    let (sealed, member) = hsm::recording_member(state.backend.encrypt(
+        key.clone(),
+        hsm::EncryptRequest {
+            plaintext: plaintext.clone(),
+            aad: ekm_aad.clone(),
+        },
+        deadline,
+    ))
+    .await;
+    served_by(state, audit, &sealed, member);
     let sealed = sealed?;
     let cdiv = if req.want_cdiv {
         // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
@@ -351,20 +355,18 @@ async fn decrypt(
     }
     check_sizes(api, req.ciphertext.len(), req.aad.len())?;
     let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
-    let plaintext = state
-        .backend
-        .decrypt(
-            key,
-            hsm::DecryptRequest {
-                ciphertext: req.ciphertext,
-                iv: req.iv,
-                tag,
-                aad: ekm_aad,
-            },
-            deadline,
-        )
-        .await;
-    served_by(state, audit, &plaintext);
+    let (plaintext, member) = hsm::recording_member(state.backend.decrypt(
+        key,
+        hsm::DecryptRequest {
+            ciphertext: req.ciphertext,
+            iv: req.iv,
+            tag,
+            aad: ekm_aad,
+        },
+        deadline,
+    ))
+    .await;
+    served_by(state, audit, &plaintext, member);
     let plaintext = plaintext?;
     Ok(ok_json(&DecryptResponse {
         plaintext: Zeroizing::new(b64(&plaintext)),

@@ -9,6 +9,7 @@
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::Session;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Pkcs11Backend;
 use super::errors::{Operation, is_stale_handle};
@@ -45,6 +46,47 @@ impl Pkcs11Backend {
     /// already carries the label.
     pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
         self.with_admin_session(|session| create(session, &self.shared.metrics, label, usages))
+    }
+
+    /// Whether any token object carries `label` (blocking).
+    pub fn key_exists(&self, label: &ExternalKeyId) -> Result<bool, HsmError> {
+        self.with_admin_session(|session| {
+            match keys::find(session, &self.shared.metrics, label, Operation::Admin) {
+                Ok(_) | Err(HsmError::AmbiguousKey { .. }) => Ok(true),
+                Err(HsmError::KeyNotFound) => Ok(false),
+                Err(err) => Err(err),
+            }
+        })
+    }
+
+    /// Creates an AES-256 token key labelled `label` from the given key material
+    /// (`C_CreateObject` with `CKA_VALUE`; blocking), with the attributes and the refusal of
+    /// [`Pkcs11Backend::create_key`]. This is how `keys import` puts the same key into every
+    /// member of a SoftHSM/test fleet; real HSM clusters replicate keys with the vendor's
+    /// own tools instead.
+    pub fn import_key(
+        &self,
+        label: &ExternalKeyId,
+        value: &Zeroizing<[u8; 32]>,
+        usages: &[KeyUsage],
+    ) -> Result<(), HsmError> {
+        self.with_admin_session(|session| {
+            let metrics = &self.shared.metrics;
+            refuse_existing(session, metrics, label)?;
+            let mut template = key_template(label, usages);
+            template.push(Attribute::Value(value.to_vec()));
+            let created = call(metrics, "C_CreateObject", Operation::Admin, || {
+                session.create_object(&template)
+            });
+            for attribute in &mut template {
+                if let Attribute::Value(bytes) = attribute {
+                    bytes.zeroize();
+                }
+            }
+            created?;
+            tracing::info!(key = %label, ?usages, "imported an AES-256 key");
+            Ok(())
+        })
     }
 
     /// Lists the token's keys (secret, private and public) sorted by label (blocking).
@@ -129,17 +171,37 @@ fn create(
     usages: &[KeyUsage],
 ) -> Result<(), HsmError> {
     let op = Operation::Admin;
-    match keys::find(session, metrics, label, op) {
-        Err(HsmError::KeyNotFound) => {}
-        Ok(_) | Err(HsmError::AmbiguousKey { .. }) => return Err(HsmError::KeyAlreadyExists),
-        Err(err) => return Err(err),
+    refuse_existing(session, metrics, label)?;
+    let mut template = key_template(label, usages);
+    template.push(Attribute::ValueLen(AES_256_LEN.into()));
+    call(metrics, "C_GenerateKey", op, || {
+        session.generate_key(&Mechanism::AesKeyGen, &template)
+    })?;
+    tracing::info!(key = %label, ?usages, "created an AES-256 key");
+    Ok(())
+}
+
+/// [`HsmError::KeyAlreadyExists`] if any token object carries `label`.
+fn refuse_existing(
+    session: &Session,
+    metrics: &Metrics,
+    label: &ExternalKeyId,
+) -> Result<(), HsmError> {
+    match keys::find(session, metrics, label, Operation::Admin) {
+        Err(HsmError::KeyNotFound) => Ok(()),
+        Ok(_) | Err(HsmError::AmbiguousKey { .. }) => Err(HsmError::KeyAlreadyExists),
+        Err(err) => Err(err),
     }
+}
+
+/// The attributes of every key the proxy makes, but its value or length: a sensitive,
+/// non-extractable private AES token key with exactly `usages`, `CKA_ID` = `CKA_LABEL`.
+fn key_template(label: &ExternalKeyId, usages: &[KeyUsage]) -> Vec<Attribute> {
     let has = |usage| usages.contains(&usage);
     let label_bytes = label.as_str().as_bytes().to_vec();
-    let template = [
+    vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(AES_256_LEN.into()),
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -153,12 +215,7 @@ fn create(
         Attribute::Derive(has(KeyUsage::Derive)),
         Attribute::Id(label_bytes.clone()),
         Attribute::Label(label_bytes),
-    ];
-    call(metrics, "C_GenerateKey", op, || {
-        session.generate_key(&Mechanism::AesKeyGen, &template)
-    })?;
-    tracing::info!(key = %label, ?usages, "created an AES-256 key");
-    Ok(())
+    ]
 }
 
 fn list(

@@ -3,7 +3,9 @@
 //!
 //! [`Pkcs11Backend::open`] loads the module, calls `C_Initialize` with OS locking, selects the
 //! token by label or serial, logs in as CKU_USER and starts the worker pool (`pool`). The
-//! module is initialised once per process: open one backend per module and keep it.
+//! module is initialised once per process: open one backend per module and keep it, or, for
+//! several tokens on one module (an HSM fleet), open one [`ModuleContext`] and every token on
+//! it with [`Pkcs11Backend::open_on`].
 //!
 //! Layout: `errors` classifies return values (with `codes` naming them), `token` selects the
 //! token and opens sessions, `keys` finds keys by label and caches handles, `crypto` runs
@@ -16,6 +18,7 @@ mod codes;
 mod crypto;
 mod errors;
 mod keys;
+mod module;
 mod pool;
 mod recovery;
 mod timing;
@@ -26,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use parking_lot::{Mutex, RwLock};
@@ -34,9 +37,10 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 pub use admin::KeyListing;
+pub use module::ModuleContext;
 pub use token::TokenIdentity;
 
-use self::errors::{Operation, fail};
+use self::errors::Operation;
 use self::keys::KeyCache;
 use self::pool::Pool;
 use crate::config::HsmSettings;
@@ -65,6 +69,9 @@ pub struct Pkcs11Backend {
 
 /// State shared by the backend and its workers.
 struct Shared {
+    /// The module this token is on, possibly shared with other members.
+    module: Arc<ModuleContext>,
+    /// `module`'s context.
     pkcs11: Pkcs11,
     /// The token's slot; it can change when the context is rebuilt.
     slot: RwLock<Slot>,
@@ -99,16 +106,18 @@ impl Pkcs11Backend {
         settings: &HsmSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, HsmError> {
-        let module = settings.module.display();
-        let pkcs11 = Pkcs11::new(&settings.module).map_err(|e| {
-            HsmError::Unavailable(format!("cannot load the PKCS#11 module {module}: {e}"))
-        })?;
-        pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| fail(&e, Operation::Session))?;
-        // Declared before every session so that it finalises after they are closed.
-        let mut guard = FinalizeGuard(Some(pkcs11.clone()));
+        let module = ModuleContext::open(&settings.module)?;
+        Self::open_on(&module, settings, metrics)
+    }
 
+    /// [`Pkcs11Backend::open_with_metrics`] on a module another member already opened:
+    /// `settings.module` is ignored. The module is finalised when its last member is dropped.
+    pub fn open_on(
+        module: &Arc<ModuleContext>,
+        settings: &HsmSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, HsmError> {
+        let pkcs11 = module.pkcs11().clone();
         let slot = token::select(&pkcs11, &metrics, &settings.token)?;
         let identity = token::identity(&pkcs11, &metrics, slot, Operation::Session)?;
         let pin = settings.user_pin.clone();
@@ -125,6 +134,7 @@ impl Pkcs11Backend {
             sessions.push(token::open_session(&pkcs11, &metrics, slot, &pin, false)?);
         }
         let shared = Arc::new(Shared {
+            module: Arc::clone(module),
             pkcs11,
             slot: RwLock::new(slot),
             generation: AtomicU64::new(0),
@@ -138,7 +148,7 @@ impl Pkcs11Backend {
         });
         let pool = Pool::start(&shared, sessions, settings.queue_depth)?;
         let recovery = recovery::start(&shared, settings.token.clone())?;
-        guard.0 = None;
+        module.register(&shared);
 
         tracing::info!(
             manufacturer = %identity.manufacturer, model = %identity.model,
@@ -154,6 +164,14 @@ impl Pkcs11Backend {
             identity,
             recovery: Some(recovery),
         })
+    }
+
+    /// Whether the backend is rebuilding its PKCS#11 context after a device failure; requests
+    /// fail fast with [`HsmError::Unavailable`] meanwhile.
+    pub fn is_recovering(&self) -> bool {
+        self.shared
+            .recovering
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The token's identity as read at startup, for logs.
@@ -268,23 +286,7 @@ impl Drop for Pkcs11Backend {
             }
             drop(session);
         }
-        if let Err(err) = self.shared.pkcs11.clone().finalize() {
-            tracing::warn!(error = %err, "C_Finalize at shutdown failed");
-        }
+        // The module is finalised when its last member's `Shared` goes (`ModuleContext`).
         tracing::info!("PKCS#11 backend closed");
-    }
-}
-
-/// Calls `C_Finalize` when `open` fails after `C_Initialize`, so that a retry can initialise
-/// the module again.
-struct FinalizeGuard(Option<Pkcs11>);
-
-impl Drop for FinalizeGuard {
-    fn drop(&mut self) {
-        if let Some(pkcs11) = self.0.take()
-            && let Err(err) = pkcs11.finalize()
-        {
-            tracing::warn!(error = %err, "C_Finalize after a failed open failed");
-        }
     }
 }

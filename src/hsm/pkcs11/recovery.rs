@@ -9,17 +9,20 @@
 //! until the token answers again. Success bumps the context generation: every worker drops
 //! its session from the old context and opens a fresh one before its next job, and the
 //! key-handle cache is cleared. No restart is needed when the HSM comes back.
+//!
+//! Several members (tokens) can share one module (`module`): the finalize/initialize part is
+//! then done once per failure for all of them, and the other members only reselect their
+//! tokens. A member alone on its module repeats the whole rebuild on every retry; a member
+//! sharing its module retries only the token selection and login after the first rebuild,
+//! so that one missing token does not keep tearing down its neighbours' sessions.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags};
-use cryptoki::error::{Error, RvError};
 use parking_lot::{Condvar, Mutex};
 
-use super::errors::{Operation, fail};
 use super::{Shared, token};
 use crate::config::TokenSelector;
 use crate::hsm::HsmError;
@@ -40,6 +43,8 @@ pub(super) struct Recovery {
 struct Signal {
     requested: bool,
     stop: bool,
+    /// The module's context generation when the failure was seen.
+    seen: Option<u64>,
 }
 
 impl Recovery {
@@ -49,7 +54,10 @@ impl Recovery {
         if !shared.recovering.swap(true, Ordering::SeqCst) {
             tracing::error!("PKCS#11 device failure: rebuilding the context in the background");
         }
-        self.signal.lock().requested = true;
+        let mut signal = self.signal.lock();
+        signal.requested = true;
+        signal.seen = Some(shared.module.generation());
+        drop(signal);
         self.wake.notify_all();
     }
 
@@ -94,11 +102,24 @@ fn run(shared: &Shared, selector: &TokenSelector) {
         let started = Instant::now();
         let mut backoff = MIN_BACKOFF;
         let mut attempts = 0u32;
+        let mut seen = None;
         loop {
             attempts += 1;
             // Clear the request first: a failure reported during this attempt asks again.
-            shared.recovery.signal.lock().requested = false;
-            match rebuild(shared, selector) {
+            {
+                let mut signal = shared.recovery.signal.lock();
+                signal.requested = false;
+                if let Some(at) = signal.seen.take() {
+                    seen = Some(at);
+                }
+            }
+            let now = shared.module.generation();
+            let seen_now = if attempts > 1 && shared.module.member_count() <= 1 {
+                now
+            } else {
+                seen.unwrap_or(now)
+            };
+            match rebuild(shared, selector, seen_now) {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, attempt = attempts, retry_in = ?backoff,
@@ -121,20 +142,10 @@ fn run(shared: &Shared, selector: &TokenSelector) {
     }
 }
 
-/// `C_Finalize`, `C_Initialize`, find the token again (its slot may have changed) and prove
-/// a login works.
-fn rebuild(shared: &Shared, selector: &TokenSelector) -> Result<(), HsmError> {
-    match shared.pkcs11.clone().finalize() {
-        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
-        Err(err) => tracing::debug!(error = %err, "C_Finalize before a rebuild failed"),
-    }
-    match shared
-        .pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-    {
-        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(err) => return Err(fail(&err, Operation::Session)),
-    }
+/// `C_Finalize` and `C_Initialize` (unless done since generation `seen`), find the token
+/// again (its slot may have changed) and prove a login works.
+fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), HsmError> {
+    shared.module.reinitialize(seen, shared)?;
     let slot = token::select(&shared.pkcs11, &shared.metrics, selector)?;
     let probe = token::open_session(&shared.pkcs11, &shared.metrics, slot, &shared.pin, false)?;
     drop(probe);

@@ -1,0 +1,367 @@
+//! An HSM fleet of two real SoftHSM2 tokens on one module (no mocks): `keys import` puts the
+//! same key into both, requests spread over both, and a member that fails its deep check is
+//! taken out, reported and probed back in (H-11, H-12, H-16).
+//!
+//! Every test runs in a child process of its own (PKCS#11 initialises once per process):
+//! the parent makes a SoftHSM2 directory with two tokens, writes a fleet configuration and
+//! runs `xks-proxy keys import` on it before starting the child.
+
+// Panics are how tests fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::object::Attribute;
+use cryptoki::session::UserType;
+use secrecy::SecretString;
+use xks_proxy::config::HealthSettings;
+use xks_proxy::health::HealthService;
+use xks_proxy::hsm::{
+    DecryptRequest, EncryptRequest, FleetBackend, KeyBackend, KeyUsage, recording_member,
+};
+use xks_proxy::metrics::Metrics;
+use xks_proxy::xks::ExternalKeyId;
+use zeroize::Zeroizing;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "fleet-user-pin";
+const HEALTH_KEY: &str = "fleet-health-check";
+const KEY: &str = "fleet-key";
+const CHILD: &str = "XKS_FLEET_CHILD_TEST";
+const CONFIG: &str = "XKS_FLEET_CONFIG";
+
+/// Parent: two tokens, a fleet config and an imported key, then `body` in a child process.
+fn isolated(test: &str, body: impl FnOnce(&Path)) {
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        let config = std::env::var(CONFIG).unwrap();
+        body(Path::new(&config));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    for label in ["fleet-a", "fleet-b"] {
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", PIN, "--so-pin", "fleet-so-pin"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = dir.path().join("xks-proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+plaintext_behind_load_balancer = true
+[hsm]
+module = "{MODULE}"
+user_pin = "{PIN}"
+sessions = 2
+health_key_label = "{HEALTH_KEY}"
+[[hsm.members]]
+id = "a"
+token_label = "fleet-a"
+[[hsm.members]]
+id = "b"
+token_label = "fleet-b"
+[[key_stores]]
+path_prefix = ""
+[[key_stores.credentials]]
+access_key_id = "AKIAI2SFODNN7EXAMPLE"
+secret = "GfHQzWbmSw4uRGZqKo5nhQKE+ILlcOt7VEqNdWCtuLY="
+"#
+        ),
+    )
+    .unwrap();
+    let import = |label: &str| {
+        Command::new(env!("CARGO_BIN_EXE_xks-proxy"))
+            .args(["keys", "import", "--config"])
+            .arg(&config)
+            .args(["--label", label])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap()
+    };
+    let out = import(KEY);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("into 2 member(s): a, b"), "{stdout}");
+    // The label now exists everywhere: a second import is refused.
+    let again = import(KEY);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has a key"));
+
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SOFTHSM2_CONF", &conf)
+        .env(CONFIG, &config)
+        .env(CHILD, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{test} failed in its child process"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran no test named {test}"
+    );
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn open_fleet(config: &Path) -> Arc<FleetBackend> {
+    let settings = xks_proxy::config::load(config).unwrap();
+    Arc::new(FleetBackend::open(&settings.hsm_members, &Arc::new(Metrics::new())).unwrap())
+}
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+fn key(label: &str) -> ExternalKeyId {
+    ExternalKeyId::parse(label).unwrap()
+}
+
+fn request(plaintext: &[u8]) -> EncryptRequest {
+    EncryptRequest {
+        plaintext: Zeroizing::new(plaintext.to_vec()),
+        aad: b"aad".to_vec(),
+    }
+}
+
+/// Encrypts `n` times concurrently; returns the members that served.
+async fn encrypt_many(fleet: &FleetBackend, n: usize) -> HashSet<String> {
+    let calls =
+        (0..n).map(|_| recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())));
+    let mut served = HashSet::new();
+    for (result, member) in futures_join(calls).await {
+        result.unwrap();
+        served.insert(member.unwrap());
+    }
+    served
+}
+
+/// Runs the futures concurrently on the runtime (spawned), in order.
+async fn futures_join<F>(calls: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future,
+{
+    // The fleet futures borrow the backend, so poll them together in this task instead.
+    let mut pending: Vec<_> = calls.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, call) in out.iter_mut().zip(pending.iter_mut()) {
+            if slot.is_none() {
+                match call.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+async fn statuses(health: &HealthService) -> Vec<(String, String)> {
+    let response = health.status(deadline()).await.unwrap();
+    response
+        .ekm_fleet_details
+        .into_iter()
+        .map(|m| (m.id, m.health_status))
+        .collect()
+}
+
+fn health_service(fleet: &Arc<FleetBackend>) -> HealthService {
+    let settings = HealthSettings {
+        proxy_fleet_size: 1,
+        // Below any test step, so every status() runs a fresh deep check.
+        cache_ttl: Duration::from_millis(1),
+    };
+    HealthService::new(
+        Arc::clone(fleet) as Arc<dyn KeyBackend>,
+        &settings,
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// Deletes the health-check key of token `label` with a session of the test's own.
+fn delete_health_key(label: &str) {
+    let pkcs11 = Pkcs11::new(MODULE).unwrap();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(err) => panic!("C_Initialize: {err}"),
+    }
+    let slot = pkcs11
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .is_ok_and(|i| i.label().trim() == label)
+        })
+        .unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    match session.login(UserType::User, Some(&SecretString::from(PIN))) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(err) => panic!("C_Login: {err}"),
+    }
+    for handle in session
+        .find_objects(&[Attribute::Label(HEALTH_KEY.as_bytes().to_vec())])
+        .unwrap()
+    {
+        session.destroy_object(handle).unwrap();
+    }
+}
+
+/// H-11, H-12: both members serve (least outstanding spreads concurrent requests), hold the
+/// same imported key material, and are reported ACTIVE.
+#[test]
+fn h_11_h_12_fleet_spreads_load_over_members_with_the_same_keys() {
+    isolated(
+        "h_11_h_12_fleet_spreads_load_over_members_with_the_same_keys",
+        |config| {
+            block_on(async {
+                let fleet = open_fleet(config);
+                let served = encrypt_many(&fleet, 16).await;
+                assert_eq!(served, HashSet::from(["a".to_owned(), "b".to_owned()]));
+                // Sequential requests take turns too.
+                let mut sequential = HashSet::new();
+                for _ in 0..4 {
+                    let (result, member) =
+                        recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())).await;
+                    result.unwrap();
+                    sequential.insert(member.unwrap());
+                }
+                assert_eq!(sequential.len(), 2);
+                // Ciphertext from the fleet decrypts on each member alone: same key material.
+                let sealed = fleet
+                    .encrypt(key(KEY), request(b"same key everywhere"), deadline())
+                    .await
+                    .unwrap();
+                for member in fleet.members() {
+                    let plain = member
+                        .backend()
+                        .decrypt(
+                            key(KEY),
+                            DecryptRequest {
+                                ciphertext: sealed.ciphertext.clone(),
+                                iv: sealed.iv.to_vec(),
+                                tag: sealed.tag,
+                                aad: b"aad".to_vec(),
+                            },
+                            deadline(),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        plain.as_slice(),
+                        b"same key everywhere",
+                        "member {}",
+                        member.id()
+                    );
+                }
+                let health = health_service(&fleet);
+                assert_eq!(
+                    statuses(&health).await,
+                    [("a".into(), "ACTIVE".into()), ("b".into(), "ACTIVE".into())]
+                );
+            });
+        },
+    );
+}
+
+/// H-11, H-16: a member failing its deep check is UNAVAILABLE and taken out while the other
+/// serves everything; once it passes again it is probed back in and ACTIVE; with no member
+/// able to serve, GetHealthStatus answers an error.
+#[test]
+fn h_11_h_16_failing_member_is_taken_out_and_probed_back_in() {
+    isolated(
+        "h_11_h_16_failing_member_is_taken_out_and_probed_back_in",
+        |config| {
+            block_on(async {
+                let fleet = open_fleet(config);
+                let health = health_service(&fleet);
+                delete_health_key("fleet-b");
+                assert_eq!(
+                    statuses(&health).await,
+                    [
+                        ("a".into(), "ACTIVE".into()),
+                        ("b".into(), "UNAVAILABLE".into())
+                    ]
+                );
+                assert!(fleet.members()[1].is_out());
+                let served = encrypt_many(&fleet, 12).await;
+                assert_eq!(served, HashSet::from(["a".to_owned()]), "b is out");
+
+                // The member recovers: the probe thread puts it back within about a second.
+                fleet.members()[1]
+                    .backend()
+                    .create_key(&key(HEALTH_KEY), &[KeyUsage::Encrypt, KeyUsage::Decrypt])
+                    .unwrap();
+                let until = Instant::now() + Duration::from_secs(10);
+                while fleet.members()[1].is_out() {
+                    assert!(Instant::now() < until, "member b was not probed back in");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert_eq!(
+                    statuses(&health).await,
+                    [("a".into(), "ACTIVE".into()), ("b".into(), "ACTIVE".into())]
+                );
+                assert_eq!(encrypt_many(&fleet, 16).await.len(), 2);
+
+                // H-16: no member can serve → an error, not a 200.
+                delete_health_key("fleet-a");
+                delete_health_key("fleet-b");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                assert!(health.status(deadline()).await.is_err());
+            });
+        },
+    );
+}
