@@ -244,15 +244,6 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Sets the number of worker sessions in a state (`in_use` or `idle`).
-    pub fn set_hsm_sessions(&self, state: &str, count: i64) {
-        self.hsm_sessions
-            .get_or_create(&SessionStateLabel {
-                state: state.into(),
-            })
-            .set(count);
-    }
-
     /// Moves one worker session between `idle` and `in_use`.
     pub fn hsm_session_busy(&self, busy: bool) {
         let delta = if busy { 1 } else { -1 };
@@ -453,7 +444,7 @@ mod tests {
         );
         m.auth_failed("a", "bad_signature");
         m.hsm_call("C_Encrypt", Duration::from_micros(50));
-        m.set_hsm_sessions("idle", 4);
+        m.add_hsm_sessions("idle", 4);
         m.hsm_session_busy(true);
         m.set_hsm_health("serial-1", 2);
         m.set_credentials([("a", 2)]);

@@ -75,8 +75,9 @@ impl Pool {
     ) -> Result<Self, HsmError> {
         let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
         let open = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
-        shared.metrics.set_hsm_sessions(IDLE, open);
-        shared.metrics.set_hsm_sessions(IN_USE, 0);
+        // Added, not set: the members of a fleet share one gauge.
+        shared.metrics.add_hsm_sessions(IDLE, open);
+        shared.metrics.add_hsm_sessions(IN_USE, 0);
         let mut workers = Vec::with_capacity(sessions.len());
         for (id, session) in sessions.into_iter().enumerate() {
             let worker = Worker::new(id, session, Arc::clone(shared));
@@ -227,6 +228,9 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        // A stopped worker's session no longer counts.
+        self.session = None;
+        self.account(false);
         tracing::debug!(worker = self.id, "PKCS#11 worker stopped");
     }
 
