@@ -71,6 +71,7 @@ mod faults;
 mod real;
 pub mod rules;
 pub mod rv;
+mod tokens;
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
