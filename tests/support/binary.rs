@@ -44,8 +44,9 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("SOFTHSM2_CONF", &token.conf)
+            // After SOFTHSM2_CONF, so a test can point the proxy at tokens of its own.
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -5,7 +5,8 @@
 //! while the token is removed; it generates the [`Function`] enum, the wrappers (exported
 //! under their PKCS#11 names) and the static `CK_FUNCTION_LIST`. The list is a struct literal with named
 //! fields, so the compiler checks that every entry is there and has the standard's type.
-//! `C_GetFunctionList`, `C_GetSlotList` and `C_GetSlotInfo` are written by hand below.
+//! `C_GetFunctionList`, `C_GetSlotList`, `C_GetSlotInfo` and `C_OpenSession` are written by
+//! hand below.
 
 use std::ffi::c_void;
 
@@ -13,6 +14,20 @@ use cryptoki_sys::*;
 
 use crate::faults::{self, Operation, Removal, Verdict};
 use crate::guard;
+use crate::tokens::{self, Scope};
+
+/// What a call is addressed to, from the name of its first parameter: `session` or `slot`.
+macro_rules! scope {
+    (session, $value:expr) => {
+        Scope::Session($value)
+    };
+    (slot, $value:expr) => {
+        Scope::Slot($value)
+    };
+    ($other:ident, $value:expr) => {
+        Scope::None
+    };
+}
 
 /// Declares the functions: `forward` ones get a generated wrapper, `custom` ones are written
 /// by hand in this module.
@@ -95,17 +110,24 @@ macro_rules! wrapper {
         #[unsafe(no_mangle)]
         #[allow(non_snake_case)]
         pub unsafe extern "C" fn $name($first: $first_ty $(, $arg: $ty)*) -> CK_RV {
-            guard(|| match faults::before(Function::$name) {
-                Verdict::Return(rv) => {
-                    $(faults::end_operation(Operation::$op, $first, rv);)?
-                    rv
+            guard(|| {
+                let scope = scope!($first, $first);
+                match faults::before(Function::$name, scope) {
+                    Verdict::Return(rv) => {
+                        $(faults::end_operation(Operation::$op, $first, rv);)?
+                        rv
+                    }
+                    Verdict::Forward { real, .. } => {
+                        let rv = match real.$name {
+                            // SAFETY: the caller's arguments go unchanged to the same function
+                            // of the real module, so the caller's PKCS#11 contract carries over.
+                            Some(real_fn) => unsafe { real_fn($first $(, $arg)*) },
+                            None => CKR_FUNCTION_NOT_SUPPORTED,
+                        };
+                        tokens::after(Function::$name, scope, rv);
+                        rv
+                    }
                 }
-                Verdict::Forward { real, .. } => match real.$name {
-                    // SAFETY: the caller's arguments go unchanged to the same function of the
-                    // real module, so the caller's PKCS#11 contract carries over.
-                    Some(real_fn) => unsafe { real_fn($first $(, $arg)*) },
-                    None => CKR_FUNCTION_NOT_SUPPORTED,
-                },
             })
         }
     };
@@ -139,7 +161,7 @@ pkcs11_api! {
     forward C_SetPIN(session: Session, old: *mut CK_UTF8CHAR, old_len: Len,
         new: *mut CK_UTF8CHAR, new_len: Len) => DeviceRemoved;
     // Session management (§5.6).
-    forward C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, application: *mut c_void,
+    custom C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, application: *mut c_void,
         notify: CK_NOTIFY, session: *mut CK_SESSION_HANDLE) => TokenNotPresent;
     forward C_CloseSession(session: Session) => Forward;
     forward C_CloseAllSessions(slot: CK_SLOT_ID) => Forward;
@@ -259,7 +281,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
         if list.is_null() {
             return CKR_ARGUMENTS_BAD;
         }
-        if let Verdict::Return(rv) = faults::before(Function::C_GetFunctionList) {
+        if let Verdict::Return(rv) = faults::before(Function::C_GetFunctionList, Scope::None) {
             return rv;
         }
         // SAFETY: `list` is non-null and the caller passes a writable `CK_FUNCTION_LIST_PTR`
@@ -269,8 +291,9 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
     })
 }
 
-/// `C_GetSlotList`: while the token is removed, a `tokenPresent = CK_TRUE` query finds no
-/// slot; the full list (`CK_FALSE`) still has every slot, now empty.
+/// `C_GetSlotList`: while every token is removed (`token-removed`), a `tokenPresent =
+/// CK_TRUE` query finds no slot; while tokens are removed by label, it omits their slots. The
+/// full list (`CK_FALSE`) still has every slot.
 ///
 /// # Safety
 ///
@@ -282,28 +305,102 @@ pub unsafe extern "C" fn C_GetSlotList(
     slots: *mut CK_SLOT_ID,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    guard(|| match faults::before(Function::C_GetSlotList) {
-        Verdict::Return(rv) => rv,
-        Verdict::Forward {
-            token_removed: true,
-            ..
-        } if token_present != CK_FALSE => {
-            if count.is_null() {
-                return CKR_ARGUMENTS_BAD;
+    guard(
+        || match faults::before(Function::C_GetSlotList, Scope::None) {
+            Verdict::Return(rv) => rv,
+            Verdict::Forward {
+                token_removed: true,
+                ..
+            } if token_present != CK_FALSE => {
+                if count.is_null() {
+                    return CKR_ARGUMENTS_BAD;
+                }
+                // SAFETY: `count` is non-null and the caller passes it for writing the count.
+                unsafe { count.write(0) };
+                CKR_OK
             }
-            // SAFETY: `count` is non-null and the caller passes it for writing the count.
-            unsafe { count.write(0) };
-            CKR_OK
-        }
-        Verdict::Forward { real, .. } => match real.C_GetSlotList {
-            // SAFETY: the caller's arguments go unchanged to the real module's C_GetSlotList.
-            Some(real_fn) => unsafe { real_fn(token_present, slots, count) },
-            None => CKR_FUNCTION_NOT_SUPPORTED,
+            Verdict::Forward { real, version, .. } => {
+                let Some(real_fn) = real.C_GetSlotList else {
+                    return CKR_FUNCTION_NOT_SUPPORTED;
+                };
+                match version {
+                    Some(version) if token_present != CK_FALSE && version.has_token_rules() => {
+                        let present = match slot_list(real_fn, token_present) {
+                            Ok(present) => present,
+                            Err(rv) => return rv,
+                        };
+                        let shown: Vec<CK_SLOT_ID> = present
+                            .into_iter()
+                            .filter(|slot| {
+                                tokens::label(Scope::Slot(*slot))
+                                    .is_none_or(|label| !version.token_named_removed(&label))
+                            })
+                            .collect();
+                        // SAFETY: the caller's contract for `slots` and `count`.
+                        unsafe { hand_out(&shown, slots, count) }
+                    }
+                    // SAFETY: the caller's arguments go unchanged to the real module's C_GetSlotList.
+                    _ => unsafe { real_fn(token_present, slots, count) },
+                }
+            }
         },
-    })
+    )
 }
 
-/// `C_GetSlotInfo`: while the token is removed, the slot reports no `CKF_TOKEN_PRESENT`.
+type GetSlotListFn = unsafe extern "C" fn(CK_BBOOL, *mut CK_SLOT_ID, *mut CK_ULONG) -> CK_RV;
+
+/// The real module's slot list.
+fn slot_list(real_fn: GetSlotListFn, token_present: CK_BBOOL) -> Result<Vec<CK_SLOT_ID>, CK_RV> {
+    loop {
+        let mut count: CK_ULONG = 0;
+        // SAFETY: a null list asks for the count only; `count` is valid for writes.
+        let rv = unsafe { real_fn(token_present, std::ptr::null_mut(), &raw mut count) };
+        if rv != CKR_OK {
+            return Err(rv);
+        }
+        let mut list: Vec<CK_SLOT_ID> = vec![0; usize::try_from(count).unwrap_or(0)];
+        // SAFETY: `list` is valid for `count` slot ids and `count` for a read and a write.
+        let rv = unsafe { real_fn(token_present, list.as_mut_ptr(), &raw mut count) };
+        match rv {
+            CKR_OK => {
+                list.truncate(usize::try_from(count).unwrap_or(0));
+                return Ok(list);
+            }
+            // A slot appeared in between: ask again.
+            CKR_BUFFER_TOO_SMALL => {}
+            rv => return Err(rv),
+        }
+    }
+}
+
+/// Answers a `C_GetSlotList` with `list`, following the standard's two-call convention.
+///
+/// # Safety
+///
+/// `count` is null or valid for a read and a write; `slots` is null or valid for `*count`
+/// slot ids.
+unsafe fn hand_out(list: &[CK_SLOT_ID], slots: *mut CK_SLOT_ID, count: *mut CK_ULONG) -> CK_RV {
+    if count.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let len = CK_ULONG::try_from(list.len()).unwrap_or(CK_ULONG::MAX);
+    // SAFETY: `count` is non-null and valid for reads (caller's contract).
+    let room = unsafe { count.read() };
+    // SAFETY: as above, for writes.
+    unsafe { count.write(len) };
+    if slots.is_null() {
+        return CKR_OK;
+    }
+    if room < len {
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    // SAFETY: `slots` is valid for `room ≥ list.len()` ids and cannot overlap our `list`.
+    unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), slots, list.len()) };
+    CKR_OK
+}
+
+/// `C_GetSlotInfo`: while the slot's token is removed, the slot reports no
+/// `CKF_TOKEN_PRESENT`.
 ///
 /// # Safety
 ///
@@ -312,11 +409,13 @@ pub unsafe extern "C" fn C_GetSlotList(
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
     guard(|| {
-        let (real, token_removed) = match faults::before(Function::C_GetSlotInfo) {
+        let (real, token_removed) = match faults::before(Function::C_GetSlotInfo, Scope::Slot(slot))
+        {
             Verdict::Return(rv) => return rv,
             Verdict::Forward {
                 real,
                 token_removed,
+                ..
             } => (real, token_removed),
         };
         let Some(real_fn) = real.C_GetSlotInfo else {
@@ -331,6 +430,41 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
         }
         rv
     })
+}
+
+/// `C_OpenSession`: applies the rules to the slot, forwards, and records which slot the new
+/// session belongs to (for rules limited to one token).
+///
+/// # Safety
+///
+/// `session` is valid for writing a session handle; `application` and `notify` are passed
+/// through to the real module.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    application: *mut c_void,
+    notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    guard(
+        || match faults::before(Function::C_OpenSession, Scope::Slot(slot)) {
+            Verdict::Return(rv) => rv,
+            Verdict::Forward { real, .. } => {
+                let Some(real_fn) = real.C_OpenSession else {
+                    return CKR_FUNCTION_NOT_SUPPORTED;
+                };
+                // SAFETY: the caller's arguments go unchanged to the real module's C_OpenSession.
+                let rv = unsafe { real_fn(slot, flags, application, notify, session) };
+                if rv == CKR_OK && !session.is_null() {
+                    // SAFETY: the real module just wrote the new handle through `session`.
+                    tokens::opened(unsafe { session.read() }, slot);
+                }
+                rv
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::CK_RV;
 
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{Rule, RuleSet, token_matches};
 use crate::{Function, warn_once};
 
 /// How often, at most, a call re-checks the control file. A change is seen by every call that
@@ -167,36 +167,56 @@ pub(crate) struct Version {
     /// Calls matched so far, one counter per rule (only `fail` rules use theirs).
     counters: Box<[AtomicU64]>,
     token_removed: bool,
+    has_token_rules: bool,
 }
 
 impl Version {
     fn new(rules: RuleSet) -> Self {
         let counters = rules.rules.iter().map(|_| AtomicU64::new(0)).collect();
         let token_removed = rules.token_removed();
+        let has_token_rules = rules.has_token_rules();
         Self {
             rules,
             counters,
             token_removed,
+            has_token_rules,
         }
     }
 
-    /// Whether a `token-removed` line is present.
-    pub(crate) fn token_removed(&self) -> bool {
+    /// Whether some rule is limited to one token, so calls need their token's label.
+    pub(crate) fn has_token_rules(&self) -> bool {
+        self.has_token_rules
+    }
+
+    /// Whether the token `token` (`None`: a call to no token in particular) counts as removed:
+    /// an unqualified `token-removed`, or one naming it.
+    pub(crate) fn token_removed(&self, token: Option<&str>) -> bool {
         self.token_removed
+            || token.is_some_and(|label| self.rules.removed_tokens().any(|gone| gone == label))
     }
 
-    /// Whether a `hang` rule matches `function`.
-    pub(crate) fn hangs(&self, function: Function) -> bool {
-        self.rules.hangs(function)
+    /// Whether the token labelled `label` is named by a `token-removed <label>` line.
+    pub(crate) fn token_named_removed(&self, label: &str) -> bool {
+        self.rules.removed_tokens().any(|gone| gone == label)
     }
 
-    /// The total delay of the `latency` rules matching `function`, ranges sampled now.
-    pub(crate) fn delay(&self, function: Function) -> Duration {
+    /// Whether a `hang` rule matches `function` called on `token`.
+    pub(crate) fn hangs(&self, function: Function, token: Option<&str>) -> bool {
+        self.rules.hangs(function, token)
+    }
+
+    /// The total delay of the `latency` rules matching `function` called on `token`, ranges
+    /// sampled now.
+    pub(crate) fn delay(&self, function: Function, token: Option<&str>) -> Duration {
         self.rules
             .rules
             .iter()
             .filter_map(|rule| match rule {
-                Rule::Latency { target, delay } if target.matches(function) => {
+                Rule::Latency {
+                    target,
+                    delay,
+                    token: only,
+                } if target.matches(function) && token_matches(only.as_deref(), token) => {
                     Some(crate::faults::sample(delay.min, delay.max))
                 }
                 _ => None,
@@ -204,13 +224,19 @@ impl Version {
             .fold(Duration::ZERO, Duration::saturating_add)
     }
 
-    /// Counts this call against every matching `fail` rule and returns the return value of the
-    /// first one (in file order) that fires for it.
-    pub(crate) fn failure(&self, function: Function) -> Option<CK_RV> {
+    /// Counts this call (of `function` on `token`) against every matching `fail` rule and
+    /// returns the return value of the first one (in file order) that fires for it.
+    pub(crate) fn failure(&self, function: Function, token: Option<&str>) -> Option<CK_RV> {
         let mut failure = None;
         for (rule, counter) in self.rules.rules.iter().zip(&self.counters) {
-            if let Rule::Fail { target, rv, when } = rule
+            if let Rule::Fail {
+                target,
+                rv,
+                when,
+                token: only,
+            } = rule
                 && target.matches(function)
+                && token_matches(only.as_deref(), token)
             {
                 let n = counter.fetch_add(1, Ordering::Relaxed).saturating_add(1);
                 if when.fires(n) && failure.is_none() {
@@ -243,7 +269,9 @@ mod tests {
         let v = version(
             "fail C_Encrypt CKR_GENERAL_ERROR every 3\nfail C_Encrypt CKR_DEVICE_ERROR once\n",
         );
-        let results: Vec<_> = (0..7).map(|_| v.failure(Function::C_Encrypt)).collect();
+        let results: Vec<_> = (0..7)
+            .map(|_| v.failure(Function::C_Encrypt, None))
+            .collect();
         assert_eq!(
             results,
             [
@@ -256,26 +284,59 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(v.failure(Function::C_Decrypt), None);
+        assert_eq!(v.failure(Function::C_Decrypt, None), None);
     }
 
     #[test]
     fn wildcard_counts_all_calls_together() {
         let v = version("fail * CKR_DEVICE_ERROR every 2\n");
-        assert_eq!(v.failure(Function::C_Encrypt), None);
-        assert_eq!(v.failure(Function::C_Decrypt), Some(CKR_DEVICE_ERROR));
-        assert_eq!(v.failure(Function::C_GetFunctionList), None);
-        assert_eq!(v.failure(Function::C_Login), None);
+        assert_eq!(v.failure(Function::C_Encrypt, None), None);
+        assert_eq!(v.failure(Function::C_Decrypt, None), Some(CKR_DEVICE_ERROR));
+        assert_eq!(v.failure(Function::C_GetFunctionList, None), None);
+        assert_eq!(v.failure(Function::C_Login, None), None);
+    }
+
+    #[test]
+    fn qualified_rules_count_and_apply_to_their_token_only() {
+        let v = version(
+            "fail C_Encrypt CKR_DEVICE_ERROR every 2 token=b\n\
+             latency * 3ms token=a\n\
+             token-removed b\n",
+        );
+        assert!(v.has_token_rules());
+        // Calls to a and to no token neither fail nor count.
+        for _ in 0..3 {
+            assert_eq!(v.failure(Function::C_Encrypt, Some("a")), None);
+            assert_eq!(v.failure(Function::C_Encrypt, None), None);
+        }
+        assert_eq!(v.failure(Function::C_Encrypt, Some("b")), None);
+        assert_eq!(
+            v.failure(Function::C_Encrypt, Some("b")),
+            Some(CKR_DEVICE_ERROR)
+        );
+        assert_eq!(
+            v.delay(Function::C_Login, Some("a")),
+            Duration::from_millis(3)
+        );
+        assert_eq!(v.delay(Function::C_Login, Some("b")), Duration::ZERO);
+        assert_eq!(v.delay(Function::C_Login, None), Duration::ZERO);
+        assert!(v.token_removed(Some("b")) && v.token_named_removed("b"));
+        assert!(!v.token_removed(Some("a")) && !v.token_removed(None));
+
+        let all = version("token-removed\n");
+        assert!(!all.has_token_rules());
+        assert!(all.token_removed(None) && all.token_removed(Some("a")));
+        assert!(!all.token_named_removed("a"));
     }
 
     #[test]
     fn latencies_add_up() {
         let v = version("latency * 2ms\nlatency C_Encrypt 3ms\nlatency C_Sign 1ms..2ms\n");
-        assert_eq!(v.delay(Function::C_Encrypt), Duration::from_millis(5));
-        assert_eq!(v.delay(Function::C_Decrypt), Duration::from_millis(2));
-        assert_eq!(v.delay(Function::C_GetFunctionList), Duration::ZERO);
+        assert_eq!(v.delay(Function::C_Encrypt, None), Duration::from_millis(5));
+        assert_eq!(v.delay(Function::C_Decrypt, None), Duration::from_millis(2));
+        assert_eq!(v.delay(Function::C_GetFunctionList, None), Duration::ZERO);
         for _ in 0..100 {
-            let d = v.delay(Function::C_Sign);
+            let d = v.delay(Function::C_Sign, None);
             assert!((Duration::from_millis(3)..=Duration::from_millis(4)).contains(&d));
         }
     }
@@ -289,23 +350,29 @@ mod tests {
 
         install(&path, "fail C_Encrypt CKR_DEVICE_ERROR once\n").unwrap();
         let first = control.current();
-        assert_eq!(first.failure(Function::C_Encrypt), Some(CKR_DEVICE_ERROR));
-        assert_eq!(first.failure(Function::C_Encrypt), None);
+        assert_eq!(
+            first.failure(Function::C_Encrypt, None),
+            Some(CKR_DEVICE_ERROR)
+        );
+        assert_eq!(first.failure(Function::C_Encrypt, None), None);
         assert!(Arc::ptr_eq(&first, &control.reload_now()), "unchanged file");
 
         // The same text again is a new version: `once` is re-armed.
         install(&path, "fail C_Encrypt CKR_DEVICE_ERROR once\n").unwrap();
         let second = control.current();
         assert!(!Arc::ptr_eq(&first, &second));
-        assert_eq!(second.failure(Function::C_Encrypt), Some(CKR_DEVICE_ERROR));
+        assert_eq!(
+            second.failure(Function::C_Encrypt, None),
+            Some(CKR_DEVICE_ERROR)
+        );
 
         install(&path, "token-removed\nhang C_Login\n").unwrap();
         let third = control.current();
-        assert!(third.token_removed() && third.hangs(Function::C_Login));
+        assert!(third.token_removed(None) && third.hangs(Function::C_Login, None));
 
         fs::remove_file(&path).unwrap();
         std::thread::sleep(RELOAD_INTERVAL * 2);
         let gone = control.current();
-        assert!(!gone.token_removed() && gone.rules.rules.is_empty());
+        assert!(!gone.token_removed(None) && gone.rules.rules.is_empty());
     }
 }

@@ -22,9 +22,9 @@
 //! answering the application's next `C_EncryptInit` with `CKR_OPERATION_ACTIVE`;
 //! [`end_operation`] ends it there too, so the session behaves as after a real failure.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cryptoki_sys::{
@@ -32,7 +32,8 @@ use cryptoki_sys::{
     CKR_DEVICE_REMOVED, CKR_OK, CKR_TOKEN_NOT_PRESENT,
 };
 
-use crate::control::{Control, HANG_POLL};
+use crate::control::{Control, HANG_POLL, Version};
+use crate::tokens::{self, Scope};
 use crate::{CONTROL_ENV, Function, real};
 
 /// What a function does while the token is removed.
@@ -56,13 +57,35 @@ pub(crate) enum Verdict {
     Forward {
         /// Its function list.
         real: &'static CK_FUNCTION_LIST,
-        /// Whether the token counts as removed (for [`Removal::Slot`] functions).
+        /// Whether the addressed token counts as removed (for [`Removal::Slot`] functions).
         token_removed: bool,
+        /// The rules that applied (`None`: no control file), for `C_GetSlotList` to hide the
+        /// slots of tokens removed by name.
+        version: Option<Arc<Version>>,
     },
 }
 
-/// Applies the rules to a call of `function`; blocks for `hang` and `latency`.
-pub(crate) fn before(function: Function) -> Verdict {
+/// The label of the token a call addresses, looked up at most once per call and only when
+/// some rule is limited to a token.
+struct Call {
+    scope: Scope,
+    label: OnceCell<Option<String>>,
+}
+
+impl Call {
+    fn token(&self, version: &Version) -> Option<&str> {
+        if !version.has_token_rules() {
+            return None;
+        }
+        self.label
+            .get_or_init(|| tokens::label(self.scope))
+            .as_deref()
+    }
+}
+
+/// Applies the rules to a call of `function` addressed to `scope`; blocks for `hang` and
+/// `latency`.
+pub(crate) fn before(function: Function, scope: Scope) -> Verdict {
     let real = match real::functions() {
         Ok(real) => real,
         Err(rv) => return Verdict::Return(rv),
@@ -71,27 +94,34 @@ pub(crate) fn before(function: Function) -> Verdict {
         return Verdict::Forward {
             real,
             token_removed: false,
+            version: None,
         };
     };
+    let call = Call {
+        scope,
+        label: OnceCell::new(),
+    };
     let mut version = control.current();
-    while version.hangs(function) {
+    while version.hangs(function, call.token(&version)) {
         std::thread::sleep(HANG_POLL);
         version = control.reload_now();
     }
-    let delay = version.delay(function);
+    let token = call.token(&version);
+    let delay = version.delay(function, token);
     if !delay.is_zero() {
         std::thread::sleep(delay);
     }
-    if let Some(rv) = version.failure(function) {
+    if let Some(rv) = version.failure(function, token) {
         return Verdict::Return(rv);
     }
-    let token_removed = version.token_removed();
+    let token_removed = version.token_removed(token);
     match function.removal() {
         Removal::TokenNotPresent if token_removed => Verdict::Return(CKR_TOKEN_NOT_PRESENT),
         Removal::DeviceRemoved if token_removed => Verdict::Return(CKR_DEVICE_REMOVED),
         _ => Verdict::Forward {
             real,
             token_removed,
+            version: Some(version),
         },
     }
 }

@@ -26,6 +26,8 @@
 //! fail C_FindObjectsInit CKR_GENERAL_ERROR every 3
 //! hang C_Encrypt                                  # until this line is removed
 //! token-removed                                   # until this line is removed
+//! token-removed fleet-b                           # only the token labelled fleet-b
+//! fail C_Encrypt CKR_DEVICE_ERROR token=fleet-b   # only calls to that token
 //! ```
 //!
 //! What each rule does, and in which order, is under [Faults](#faults) below.
@@ -37,7 +39,9 @@
 //! added up and slept; (3) every matching `fail` rule counts the call and the first that fires
 //! returns its value; (4) `token-removed` answers as PKCS#11 says a module without its token
 //! does: `CKR_TOKEN_NOT_PRESENT` from token functions (`C_GetTokenInfo`, `C_OpenSession`…),
-//! `CKR_DEVICE_REMOVED` from session functions, no slot from `C_GetSlotList(CK_TRUE)`.
+//! `CKR_DEVICE_REMOVED` from session functions, no slot from `C_GetSlotList(CK_TRUE)`. A rule
+//! with a label (`token-removed <label>`, `… token=<label>`) applies only to calls addressed
+//! to that token: by slot, or by a session opened on its slot.
 //! Sleeping never holds a lock; the module is safe to call from many threads.
 //!
 //! A faulted call that the standard says ends the active operation (`C_Encrypt`,
@@ -71,6 +75,7 @@ mod faults;
 mod real;
 pub mod rules;
 pub mod rv;
+mod tokens;
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -1,10 +1,11 @@
 //! The control file grammar: one rule per line, `#` starts a comment.
 //!
 //! ```text
-//! rule    = "latency" target delay
-//!         | "fail" target rv [when]           ; `when` defaults to `always`
-//!         | "hang" target
-//!         | "token-removed"
+//! rule    = "latency" target delay [token]
+//!         | "fail" target rv [when] [token]   ; `when` defaults to `always`
+//!         | "hang" target [token]
+//!         | "token-removed" [label]           ; no label: every token
+//! token   = "token=" label                    ; only calls addressed to that token
 //! target  = "*" | C_FunctionName              ; `*`: every function but C_GetFunctionList
 //! delay   = duration | duration ".." duration  ; a range is sampled uniformly per call
 //! duration= integer ("ns" | "us" | "µs" | "ms" | "s")
@@ -22,7 +23,15 @@
 //! fail C_FindObjectsInit CKR_GENERAL_ERROR every 3
 //! hang C_Encrypt
 //! token-removed
+//! token-removed fleet-b                        # only the token labelled fleet-b
+//! fail C_Encrypt CKR_DEVICE_ERROR once token=fleet-a
 //! ```
+//!
+//! A label is the token's `CK_TOKEN_INFO.label` without its padding. After `token=` it is one
+//! word; after `token-removed` it is the rest of the line (words joined by one space). A
+//! qualified rule applies only to calls addressed to that token: through a slot argument or
+//! a session opened on its slot. Calls that address no token (`C_Initialize`,
+//! `C_GetSlotList`, …) never match a qualified rule.
 //!
 //! Parsing never fails as a whole: a line that does not parse is reported and skipped, and the
 //! other rules apply. [`RuleSet::parse`] is what the module runs on every new version of the
@@ -56,6 +65,8 @@ pub enum Rule {
         target: Target,
         /// How long.
         delay: Delay,
+        /// Only calls to this token (`token=<label>`); `None`: every call.
+        token: Option<String>,
     },
     /// `fail <target> <rv> [when]`: return `rv` instead of calling the real module.
     Fail {
@@ -65,14 +76,43 @@ pub enum Rule {
         rv: CK_RV,
         /// Which of the matching calls fail.
         when: When,
+        /// Only calls to this token (`token=<label>`); `None`: every call.
+        token: Option<String>,
     },
     /// `hang <target>`: block the calling thread until the rule is gone from the file.
     Hang {
         /// Which calls.
         target: Target,
+        /// Only calls to this token (`token=<label>`); `None`: every call.
+        token: Option<String>,
     },
-    /// `token-removed`: behave as if the token had been pulled out of its slot.
-    TokenRemoved,
+    /// `token-removed [label]`: behave as if the token (`None`: every token) had been pulled
+    /// out of its slot.
+    TokenRemoved {
+        /// The label of the removed token; `None`: every token.
+        token: Option<String>,
+    },
+}
+
+impl Rule {
+    /// The token a rule is limited to, if any.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Self::Latency { token, .. }
+            | Self::Fail { token, .. }
+            | Self::Hang { token, .. }
+            | Self::TokenRemoved { token } => token.as_deref(),
+        }
+    }
+}
+
+/// Whether a rule limited to `rule_token` applies to a call addressed to `call_token`
+/// (`None`: a call to no token, or to one whose label is unknown).
+pub fn token_matches(rule_token: Option<&str>, call_token: Option<&str>) -> bool {
+    match rule_token {
+        None => true,
+        Some(wanted) => call_token == Some(wanted),
+    }
 }
 
 /// The functions a rule applies to.
@@ -173,34 +213,65 @@ impl RuleSet {
         set
     }
 
-    /// Whether a `token-removed` line is present.
+    /// Whether an unqualified `token-removed` line (every token) is present.
     pub fn token_removed(&self) -> bool {
-        self.rules.contains(&Rule::TokenRemoved)
+        self.rules.contains(&Rule::TokenRemoved { token: None })
     }
 
-    /// Whether a `hang` rule matches `function`.
-    pub fn hangs(&self, function: Function) -> bool {
-        self.rules
-            .iter()
-            .any(|rule| matches!(rule, Rule::Hang { target } if target.matches(function)))
+    /// The labels named by `token-removed <label>` lines.
+    pub fn removed_tokens(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|rule| match rule {
+            Rule::TokenRemoved { token } => token.as_deref(),
+            _ => None,
+        })
+    }
+
+    /// Whether any rule is limited to one token (and so needs the label of each call's token).
+    pub fn has_token_rules(&self) -> bool {
+        self.rules.iter().any(|rule| rule.token().is_some())
+    }
+
+    /// Whether a `hang` rule matches `function` called on `token`.
+    pub fn hangs(&self, function: Function, token: Option<&str>) -> bool {
+        self.rules.iter().any(|rule| {
+            matches!(rule, Rule::Hang { target, token: only }
+                if target.matches(function) && token_matches(only.as_deref(), token))
+        })
     }
 }
 
 fn parse_rule(words: &[&str]) -> Result<Rule, String> {
+    if let ["token-removed", label @ ..] = words {
+        let token = (!label.is_empty()).then(|| label.join(" "));
+        return Ok(Rule::TokenRemoved { token });
+    }
+    // A trailing `token=<label>` limits latency, fail and hang rules to one token.
+    let (words, token) = match words.split_last() {
+        Some((last, rest)) if last.starts_with("token=") => {
+            let label = &last["token=".len()..];
+            if label.is_empty() {
+                return Err("`token=` needs a label".to_owned());
+            }
+            (rest, Some(label.to_owned()))
+        }
+        _ => (words, None),
+    };
     match words {
         ["latency", target, delay] => Ok(Rule::Latency {
             target: parse_target(target)?,
             delay: parse_delay(delay)?,
+            token,
         }),
         ["fail", target, rv, when @ ..] => Ok(Rule::Fail {
             target: parse_target(target)?,
             rv: rv::parse(rv).ok_or_else(|| format!("unknown return value {rv:?}"))?,
             when: parse_when(when)?,
+            token,
         }),
         ["hang", target] => Ok(Rule::Hang {
             target: parse_target(target)?,
+            token,
         }),
-        ["token-removed"] => Ok(Rule::TokenRemoved),
         ["latency" | "fail" | "hang" | "token-removed", ..] => {
             Err(format!("wrong number of words for {:?}", words[0]))
         }
@@ -297,37 +368,45 @@ mod tests {
                     delay: Delay {
                         min: ms(2),
                         max: ms(2)
-                    }
+                    },
+                    token: None
                 },
                 Rule::Latency {
                     target: encrypt,
                     delay: Delay {
                         min: ms(1),
                         max: ms(5)
-                    }
+                    },
+                    token: None
                 },
                 Rule::Fail {
                     target: Target::One(Function::C_Decrypt),
                     rv: CKR_DEVICE_ERROR,
-                    when: When::Always
+                    when: When::Always,
+                    token: None
                 },
                 Rule::Fail {
                     target: encrypt,
                     rv: CKR_SESSION_HANDLE_INVALID,
-                    when: When::Once
+                    when: When::Once,
+                    token: None
                 },
                 Rule::Fail {
                     target: Target::One(Function::C_FindObjectsInit),
                     rv: CKR_GENERAL_ERROR,
-                    when: When::Every(NonZeroU64::new(3).unwrap())
+                    when: When::Every(NonZeroU64::new(3).unwrap()),
+                    token: None
                 },
-                Rule::Hang { target: encrypt },
-                Rule::TokenRemoved,
+                Rule::Hang {
+                    target: encrypt,
+                    token: None
+                },
+                Rule::TokenRemoved { token: None },
             ]
         );
         assert!(set.token_removed());
-        assert!(set.hangs(Function::C_Encrypt));
-        assert!(!set.hangs(Function::C_Decrypt));
+        assert!(set.hangs(Function::C_Encrypt, None));
+        assert!(!set.hangs(Function::C_Decrypt, None));
     }
 
     #[test]
@@ -342,7 +421,8 @@ mod tests {
             Rule::Fail {
                 target: Target::One(Function::C_Login),
                 rv: 0xA0,
-                when: When::Always
+                when: When::Always,
+                token: None
             }
         );
         assert_eq!(
@@ -352,7 +432,8 @@ mod tests {
                 delay: Delay {
                     min: Duration::from_micros(250),
                     max: Duration::from_micros(250)
-                }
+                },
+                token: None
             }
         );
         assert_eq!(
@@ -362,7 +443,8 @@ mod tests {
                 delay: Delay {
                     min: Duration::from_micros(3),
                     max: ms(1000)
-                }
+                },
+                token: None
             }
         );
         assert!(matches!(set.rules[3], Rule::Fail { rv: 48, .. }));
@@ -380,7 +462,7 @@ mod tests {
              latency C_Encrypt 5ms..1ms\n\
              latency C_Encrypt\n\
              hang\n\
-             token-removed now\n\
+             fail C_Encrypt CKR_OK token=\n\
              hang C_Decrypt # still parsed\n",
         );
         let lines: Vec<usize> = set.errors.iter().map(|e| e.line).collect();
@@ -388,13 +470,73 @@ mod tests {
         assert_eq!(
             set.rules,
             [Rule::Hang {
-                target: Target::One(Function::C_Decrypt)
+                target: Target::One(Function::C_Decrypt),
+                token: None
             }]
         );
         assert_eq!(
             set.errors[1].to_string(),
             "line 2: unknown PKCS#11 function \"C_Nope\" (ignored: \"fail C_Nope CKR_OK\")"
         );
+    }
+
+    #[test]
+    fn token_qualifiers() {
+        let set = RuleSet::parse(
+            "token-removed fleet-b\n\
+             token-removed  two   words \n\
+             fail C_Encrypt CKR_DEVICE_ERROR token=fleet-a\n\
+             fail * 0x30 every 2 token=fleet-a\n\
+             hang C_Login token=b\n\
+             latency * 1ms..2ms token=a # comment\n\
+             latency C_Sign 1ms\n",
+        );
+        assert_eq!(set.errors, []);
+        assert_eq!(
+            set.rules[..3],
+            [
+                Rule::TokenRemoved {
+                    token: Some("fleet-b".into())
+                },
+                Rule::TokenRemoved {
+                    token: Some("two words".into())
+                },
+                Rule::Fail {
+                    target: Target::One(Function::C_Encrypt),
+                    rv: CKR_DEVICE_ERROR,
+                    when: When::Always,
+                    token: Some("fleet-a".into())
+                },
+            ]
+        );
+        assert_eq!(
+            set.rules[3],
+            Rule::Fail {
+                target: Target::All,
+                rv: CKR_DEVICE_ERROR,
+                when: When::Every(NonZeroU64::new(2).unwrap()),
+                token: Some("fleet-a".into())
+            }
+        );
+        assert_eq!(set.rules[5].token(), Some("a"));
+        assert_eq!(set.rules[6].token(), None);
+        assert!(!set.token_removed(), "only qualified removals");
+        assert_eq!(
+            set.removed_tokens().collect::<Vec<_>>(),
+            ["fleet-b", "two words"]
+        );
+        assert!(set.has_token_rules());
+        assert!(set.hangs(Function::C_Login, Some("b")));
+        assert!(!set.hangs(Function::C_Login, Some("a")));
+        assert!(!set.hangs(Function::C_Login, None));
+        assert!(token_matches(None, None) && token_matches(None, Some("x")));
+        assert!(!token_matches(Some("x"), None) && !token_matches(Some("x"), Some("y")));
+
+        let plain = RuleSet::parse("token-removed\nfail C_Encrypt CKR_DEVICE_ERROR\n");
+        assert!(plain.token_removed() && !plain.has_token_rules());
+        // `token=` is only a qualifier at the end of latency, fail and hang rules.
+        let bad = RuleSet::parse("hang token=a C_Login\nfail C_Encrypt token=a once\n");
+        assert_eq!(bad.errors.len(), 2, "{:?}", bad.rules);
     }
 
     #[test]

@@ -187,6 +187,99 @@ fault_test! {
 }
 
 fault_test! {
+    /// `token-removed <label>` pulls only that token: its slot leaves the present list, its
+    /// sessions get CKR_DEVICE_REMOVED; the other token in the same module works throughout.
+    fn token_removed_by_label_spares_the_other_token() {
+        let fx = fixture();
+        let other = support::find_labelled(&fx.pkcs11, support::OTHER_LABEL).unwrap();
+        let (a, b) = (session().unwrap(), support::session_on(other).unwrap());
+        let (key_a, key_b) = (aes_key(&a), aes_key(&b));
+        set_faults(&format!("token-removed {}\n", support::OTHER_LABEL));
+
+        let present = fx.pkcs11.get_slots_with_token().unwrap();
+        assert!(present.contains(&fx.slot) && !present.contains(&other), "{present:?}");
+        assert!(fx.pkcs11.get_all_slots().unwrap().contains(&other));
+        assert!(!fx.pkcs11.get_slot_info(other).unwrap().token_present());
+        assert!(fx.pkcs11.get_slot_info(fx.slot).unwrap().token_present());
+        assert_eq!(rv(fx.pkcs11.get_token_info(other)), RvError::TokenNotPresent);
+        assert_eq!(rv(fx.pkcs11.open_rw_session(other)), RvError::TokenNotPresent);
+        assert_eq!(rv(encrypt(&b, key_b, PLAINTEXT)), RvError::DeviceRemoved);
+        let sealed = encrypt(&a, key_a, PLAINTEXT).unwrap();
+        assert_eq!(decrypt(&a, key_a, &sealed).unwrap(), PLAINTEXT);
+        let fresh = session().unwrap();
+        fresh.generate_random_vec(8).unwrap();
+
+        // A label no token has removes nothing.
+        set_faults("token-removed no-such-token\n");
+        assert_eq!(fx.pkcs11.get_slots_with_token().unwrap().len(), present.len() + 1);
+
+        set_faults("");
+        assert_eq!(support::find_labelled(&fx.pkcs11, support::OTHER_LABEL), Some(other));
+        let sealed = encrypt(&b, key_b, PLAINTEXT).unwrap();
+        assert_eq!(decrypt(&b, key_b, &sealed).unwrap(), PLAINTEXT);
+    }
+}
+
+fault_test! {
+    /// `fail`, `hang` and `latency` with `token=<label>` apply, and count, only calls on
+    /// sessions of that token.
+    fn qualified_fail_hang_and_latency_hit_only_their_token() {
+        let fx = fixture();
+        let other = support::find_labelled(&fx.pkcs11, support::OTHER_LABEL).unwrap();
+        let (a, b) = (session().unwrap(), support::session_on(other).unwrap());
+        let (key_a, key_b) = (aes_key(&a), aes_key(&b));
+
+        set_faults(&format!(
+            "fail C_Encrypt CKR_DEVICE_ERROR always token={}\n",
+            support::OTHER_LABEL
+        ));
+        for _ in 0..3 {
+            encrypt(&a, key_a, PLAINTEXT).unwrap();
+            assert_eq!(rv(encrypt(&b, key_b, PLAINTEXT)), RvError::DeviceError);
+        }
+
+        // `every 2` counts only the test token's calls: its 2nd and 4th fail, b's never.
+        set_faults(&format!(
+            "fail C_GenerateRandom CKR_DEVICE_MEMORY every 2 token={}\n",
+            support::TOKEN_LABEL
+        ));
+        let mut failed = Vec::new();
+        for n in 1..=4 {
+            b.generate_random_vec(8).unwrap();
+            if a.generate_random_vec(8).is_err() {
+                failed.push(n);
+            }
+        }
+        assert_eq!(failed, [2, 4]);
+
+        set_faults(&format!("hang C_Encrypt token={}\n", support::OTHER_LABEL));
+        let (done, finished) = mpsc::channel();
+        let hung = thread::spawn(move || {
+            let _ = done.send(encrypt(&b, key_b, PLAINTEXT).map(|sealed| sealed.len()));
+            b
+        });
+        thread::sleep(Duration::from_millis(100));
+        assert!(finished.try_recv().is_err(), "C_Encrypt on the other token returned");
+        encrypt(&a, key_a, PLAINTEXT).unwrap();
+        set_faults("");
+        let result = finished.recv_timeout(Duration::from_secs(10)).expect("still hangs");
+        assert_eq!(result.unwrap(), PLAINTEXT.len() + 16);
+        let b = hung.join().unwrap();
+
+        set_faults(&format!("latency C_Encrypt 50ms token={}\n", support::OTHER_LABEL));
+        let start = Instant::now();
+        encrypt(&b, key_b, PLAINTEXT).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(100), "{:?}", start.elapsed());
+        // Sessions opened while rules are active are tracked too.
+        let late = support::session_on(other).unwrap();
+        let start = Instant::now();
+        late.generate_random_vec(8).unwrap();
+        encrypt(&late, aes_key(&late), PLAINTEXT).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+}
+
+fault_test! {
     /// Only a rule naming C_GetFunctionList applies to it; then the module does not load.
     fn c_get_function_list_fails_only_when_named() {
         set_faults("fail * CKR_DEVICE_ERROR always\nlatency * 1ms\n");

@@ -31,6 +31,8 @@ use xks_fault_pkcs11::{CONTROL_ENV, DEFAULT_REAL_MODULE, REAL_MODULE_ENV, contro
 
 /// Label of the token each test process gets.
 pub(crate) const TOKEN_LABEL: &str = "fault-test";
+/// Label of a second token in the same token directory (same PINs), for per-token rules.
+pub(crate) const OTHER_LABEL: &str = "fault-other";
 /// Its CKU_USER PIN.
 pub(crate) const USER_PIN: &str = "fault-user-pin";
 const SO_PIN: &str = "fault-so-pin";
@@ -59,7 +61,8 @@ pub(crate) fn isolated(test: &str, body: impl FnOnce()) -> Option<String> {
     }
     let dir = tempfile::tempdir().expect("create a temp dir");
     let conf = write_conf(dir.path());
-    init_token(&conf);
+    init_token(&conf, TOKEN_LABEL);
+    init_token(&conf, OTHER_LABEL);
     let control = dir.path().join("faults");
     std::fs::write(&control, "").expect("create an empty control file");
     let exe = std::env::current_exe().expect("path of the test binary");
@@ -141,6 +144,11 @@ pub(crate) fn fixture() -> &'static Fixture {
 
 /// The slot holding the test token, if `C_GetSlotList(CK_TRUE)` lists it.
 pub(crate) fn find_token(pkcs11: &Pkcs11) -> Option<Slot> {
+    find_labelled(pkcs11, TOKEN_LABEL)
+}
+
+/// The slot holding the token labelled `label`, if `C_GetSlotList(CK_TRUE)` lists it.
+pub(crate) fn find_labelled(pkcs11: &Pkcs11, label: &str) -> Option<Slot> {
     pkcs11
         .get_slots_with_token()
         .expect("C_GetSlotList")
@@ -148,14 +156,18 @@ pub(crate) fn find_token(pkcs11: &Pkcs11) -> Option<Slot> {
         .find(|slot| {
             pkcs11
                 .get_token_info(*slot)
-                .is_ok_and(|info| info.label().trim() == TOKEN_LABEL)
+                .is_ok_and(|info| info.label().trim() == label)
         })
 }
 
 /// A new R/W session, logged in as the user.
 pub(crate) fn session() -> Result<Session, Error> {
-    let fixture = fixture();
-    let session = fixture.pkcs11.open_rw_session(fixture.slot)?;
+    session_on(fixture().slot)
+}
+
+/// A new R/W session on `slot`, logged in as the user.
+pub(crate) fn session_on(slot: Slot) -> Result<Session, Error> {
+    let session = fixture().pkcs11.open_rw_session(slot)?;
     match session.login(UserType::User, Some(&AuthPin::from(USER_PIN))) {
         Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
         Err(err) => Err(err),
@@ -219,9 +231,9 @@ fn write_conf(dir: &Path) -> PathBuf {
     conf
 }
 
-fn init_token(conf: &Path) {
+fn init_token(conf: &Path, label: &str) {
     let output = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN_LABEL])
+        .args(["--init-token", "--free", "--label", label])
         .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
         .env("SOFTHSM2_CONF", conf)
         .output()
