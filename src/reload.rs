@@ -188,10 +188,22 @@ fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
             old.health.cache_ttl != new.health.cache_ttl,
         ),
         ("logging.format", old.logging.format != new.logging.format),
+        ("hsm.members", members_differ(old, new)),
     ];
     checks
         .into_iter()
         .filter(|(_, changed)| *changed)
         .map(|(name, _)| name)
         .collect()
+}
+
+/// Whether the HSM fleet changed: members added, removed or pointed elsewhere.
+fn members_differ(old: &Settings, new: &Settings) -> bool {
+    old.hsm_members.len() != new.hsm_members.len()
+        || old.hsm_members.iter().zip(&new.hsm_members).any(|(o, n)| {
+            o.id != n.id
+                || o.hsm.module != n.hsm.module
+                || o.hsm.token != n.hsm.token
+                || o.hsm.user_pin.expose_secret() != n.hsm.user_pin.expose_secret()
+        })
 }

@@ -61,7 +61,7 @@ impl Faulty {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = {TIMEOUT_MS}\n\
+                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = {TIMEOUT_MS}\nshutdown_grace_ms = 1000\n\
                  [server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {tls_key:?}\n\
                  [hsm]\nmodule = {module:?}\ntoken_label = \"{label}\"\nuser_pin = \"{pin}\"\n\
                  sessions = {sessions}\nqueue_depth = {queue_depth}\n\
@@ -298,4 +298,21 @@ async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
         .post(&hsm.path("encrypt"), &cdiv)
         .await
         .assert_ok();
+}
+
+#[tokio::test]
+async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
+    let hsm = Faulty::start(2, 16);
+    hsm.set("hang C_Encrypt\n");
+    hsm.encrypt()
+        .await
+        .assert_error(503, "DependencyTimeoutException");
+    let Faulty { server, _dir, .. } = hsm;
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "MEASURE SIGTERM with a hung HSM call -> exit after {:?}",
+        started.elapsed()
+    );
 }

@@ -88,8 +88,24 @@ fn deserialize_error(err: &config::ConfigError) -> ConfigError {
         .unwrap_or_else(|| "(file)".to_owned());
     ConfigError {
         field,
-        message: text,
+        message: without_source_lines(&text),
     }
+}
+
+/// TOML parse errors quote the offending line, which may hold a secret or a PIN (and the
+/// message reaches logs and the admin reload response): keep only the position and reason.
+fn without_source_lines(text: &str) -> String {
+    let quoted = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with('|')
+            || line
+                .split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !quoted(line))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Collects validation errors.

@@ -337,3 +337,15 @@ fn h_12_hsm_members_are_validated_by_field() {
         ["hsm.members[0].token_label", "hsm.members[0].user_pin"]
     );
 }
+
+#[test]
+fn parse_errors_never_quote_the_offending_line() {
+    let files = Files::new();
+    let toml = files.valid_toml().replace(
+        &format!("secret = \"{SECRET}\""),
+        &format!("secret = \"{SECRET}"),
+    );
+    let err = load_from_str(&toml).unwrap_err().to_string();
+    assert!(!err.contains(SECRET), "secret quoted in: {err}");
+    assert!(err.contains("line"), "position missing: {err}");
+}

@@ -101,6 +101,8 @@ impl Pkcs11Backend {
         &self,
         f: impl FnOnce(&Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
+        let module = std::sync::Arc::clone(&self.shared.module);
+        let _calls = module.calls();
         let mut slot = self.admin.lock();
         let session = match slot.take() {
             Some(session) => session,

@@ -7,15 +7,17 @@
 //! [`ModuleContext::reinitialize`] therefore runs at most once per failure — a member that
 //! finds the context already rebuilt since it saw its failure only reselects its token — and
 //! asks every other member on the module to recover (reselect its token, replace its
-//! sessions) afterwards.
+//! sessions) afterwards. It first waits (bounded) until no thread is inside the library:
+//! every PKCS#11 call happens under [`ModuleContext::calls`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::Shared;
 use super::errors::{Operation, fail};
@@ -29,7 +31,15 @@ pub struct ModuleContext {
     generation: AtomicU64,
     /// Serialises rebuilds and lists the members to tell about one.
     members: Mutex<Vec<Weak<Shared>>>,
+    /// Held shared by every thread while it makes PKCS#11 calls, and exclusively by a rebuild:
+    /// `C_Finalize` while another thread is inside the library is undefined behaviour (it
+    /// crashed SoftHSM2 in a test), so a rebuild first waits for the calls in flight.
+    calls: RwLock<()>,
 }
+
+/// How long a rebuild waits for PKCS#11 calls in flight to return before it gives up (and
+/// retries later): a hung call must not block recovery forever, nor be finalised under.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ModuleContext {
     /// Loads the library at `path` and calls `C_Initialize` with OS locking (blocking).
@@ -48,6 +58,7 @@ impl ModuleContext {
             path: path.to_owned(),
             generation: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
+            calls: RwLock::new(()),
         }))
     }
 
@@ -58,6 +69,17 @@ impl ModuleContext {
 
     pub(super) fn pkcs11(&self) -> &Pkcs11 {
         &self.pkcs11
+    }
+
+    /// Permission to make PKCS#11 calls until the guard is dropped; `None` if a rebuild holds
+    /// the library past `deadline`.
+    pub(super) fn calls_until(&self, deadline: Instant) -> Option<RwLockReadGuard<'_, ()>> {
+        self.calls.try_read_until(deadline)
+    }
+
+    /// Permission to make PKCS#11 calls, waiting as long as a rebuild takes.
+    pub(super) fn calls(&self) -> RwLockReadGuard<'_, ()> {
+        self.calls.read()
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -87,6 +109,25 @@ impl ModuleContext {
         if self.generation() != seen {
             return Ok(());
         }
+        // Every other member stops calling first: after the rebuild their session and key
+        // handles are stale (and may name objects of the new context).
+        let others: Vec<_> = members
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| !std::ptr::eq(Arc::as_ptr(m), requester))
+            .collect();
+        for member in &others {
+            member.recovering.store(true, Ordering::SeqCst);
+        }
+        let Some(_quiet) = self.calls.try_write_for(QUIESCE_TIMEOUT) else {
+            // Their recovery threads will bring them back on the old context.
+            for member in &others {
+                member.recovery.request_reconnect(member);
+            }
+            return Err(HsmError::Unavailable(
+                "PKCS#11 calls still in flight; the rebuild waits for them".into(),
+            ));
+        };
         match self.pkcs11.clone().finalize() {
             Ok(()) | Err(Error::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
             Err(err) => tracing::debug!(error = %err, "C_Finalize before a rebuild failed"),
@@ -99,14 +140,11 @@ impl ModuleContext {
             Err(err) => return Err(fail(&err, Operation::Session)),
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let others: Vec<_> = members
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|m| !std::ptr::eq(Arc::as_ptr(m), requester))
-            .collect();
         drop(members);
-        for member in others {
-            member.recovery.request(&member);
+        // The others only reconnect (their recovery sees the new generation and never
+        // finalises again for this failure).
+        for member in &others {
+            member.recovery.request_reconnect(member);
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ use crate::hsm::{HsmError, Tier};
 
 /// First wait before retrying to open a session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How long shutdown waits for workers to finish their current job.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait between attempts to open a session.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -140,9 +142,21 @@ impl Pool {
     }
 
     /// Closes the queue and waits for the workers, which finish the jobs already queued.
+    ///
+    /// A worker stuck in a hung HSM call is not waited for longer than [`SHUTDOWN_WAIT`]: it
+    /// is left behind (holding its reference to the module, which is then never finalised
+    /// under it) so that the process can still exit.
     pub(super) fn shutdown(&mut self) {
         self.sender = None;
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for worker in self.workers.drain(..) {
+            if !worker.is_finished() {
+                tracing::warn!("a PKCS#11 worker is stuck in an HSM call; not waiting for it");
+                continue;
+            }
             if worker.join().is_err() {
                 tracing::error!("a PKCS#11 worker thread panicked");
             }
@@ -181,7 +195,7 @@ fn repair_tier<T>(result: &Result<T, HsmError>) -> Option<Tier> {
 
 /// Whether `err` is the token refusing our credentials at `C_Login`: retrying could lock
 /// the user PIN, so nobody logs in again until an operator restarts the proxy.
-fn refuses_login(err: &HsmError) -> bool {
+pub(super) fn refuses_login(err: &HsmError) -> bool {
     matches!(err, HsmError::Pkcs11(f) if f.function == "C_Login" && f.tier == Tier::Login)
 }
 
@@ -222,6 +236,8 @@ impl Worker {
             match next {
                 Ok(job) => self.handle(job),
                 Err(RecvTimeoutError::Timeout) => {
+                    let module = Arc::clone(&self.shared.module);
+                    let _calls = module.calls();
                     self.reopen();
                     self.account(false);
                 }
@@ -242,10 +258,17 @@ impl Worker {
             );
             return;
         }
+        // Every PKCS#11 call below happens under the module's call guard, so that a context
+        // rebuild never finalises the library under a running call. Waiting for it past the
+        // deadline drops the job: the caller answers DependencyTimeoutException.
+        let module = Arc::clone(&self.shared.module);
+        let Some(_calls) = module.calls_until(job.deadline) else {
+            return;
+        };
         if self.generation != shared_generation(&self.shared) {
             // The context was rebuilt: any session belongs to the old one, and a reopen
             // postponed during the outage is due now.
-            self.session = None;
+            self.forget_stale_session();
             self.next_attempt = Instant::now();
         }
         if self.session.is_none() && Instant::now() >= self.next_attempt {
@@ -281,12 +304,23 @@ impl Worker {
         self.counted_as = now;
     }
 
+    /// Drops a session of a previous context without `C_CloseSession`: after `C_Initialize`
+    /// its handle number may belong to a new session of another thread, which closing it
+    /// would kill. The finalised library has already freed it.
+    fn forget_stale_session(&mut self) {
+        if let Some(stale) = self.session.take() {
+            std::mem::forget(stale);
+        }
+    }
+
     /// Runs `f` on this worker's session, if it has one.
     fn attempt<T>(
         &self,
         f: &impl Fn(&Session, &Shared) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        if self.shared.recovering.load(Ordering::SeqCst) {
+        if self.shared.recovering.load(Ordering::SeqCst)
+            || self.generation != shared_generation(&self.shared)
+        {
             return Err(HsmError::Unavailable(
                 "the HSM connection is being rebuilt".into(),
             ));
@@ -348,6 +382,9 @@ impl Worker {
                 self.backoff = MIN_BACKOFF;
             }
             Err(err) => {
+                if matches!(&err, HsmError::Pkcs11(f) if f.tier == Tier::Device) {
+                    shared.recovery.request(shared);
+                }
                 if refuses_login(&err) && !shared.login_refused.swap(true, Ordering::Relaxed) {
                     tracing::error!(
                         error = %err,

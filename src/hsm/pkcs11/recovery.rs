@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::{Shared, token};
 use crate::config::TokenSelector;
-use crate::hsm::HsmError;
+use crate::hsm::{HsmError, Tier};
 
 /// First pause between rebuild attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -57,6 +57,18 @@ impl Recovery {
         let mut signal = self.signal.lock();
         signal.requested = true;
         signal.seen = Some(shared.module.generation());
+        drop(signal);
+        self.wake.notify_all();
+    }
+
+    /// Asks this member to reconnect after another member rebuilt the shared context: it
+    /// reselects its token and replaces its sessions but never finalises the module for it.
+    pub(super) fn request_reconnect(&self, shared: &Shared) {
+        shared.recovering.store(true, Ordering::SeqCst);
+        let mut signal = self.signal.lock();
+        signal.requested = true;
+        // No context generation equals this one, so `reinitialize` does nothing for it.
+        signal.seen = Some(u64::MAX);
         drop(signal);
         self.wake.notify_all();
     }
@@ -121,6 +133,13 @@ fn run(shared: &Shared, selector: &TokenSelector) {
             };
             match rebuild(shared, selector, seen_now) {
                 Ok(()) => break,
+                Err(err) if super::pool::refuses_login(&err) => {
+                    // Logging in again could lock the user PIN: stay down until a restart.
+                    shared.login_refused.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %err,
+                        "the token refused the PIN during recovery; not retrying until restart");
+                    return;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, attempt = attempts, retry_in = ?backoff,
                         "PKCS#11 context rebuild failed; retrying");
@@ -142,10 +161,30 @@ fn run(shared: &Shared, selector: &TokenSelector) {
     }
 }
 
-/// `C_Finalize` and `C_Initialize` (unless done since generation `seen`), find the token
-/// again (its slot may have changed) and prove a login works.
+/// Brings the member back: find the token again (its slot may have changed) and prove a login
+/// works. A member alone on its module first rebuilds the whole context (`C_Finalize`,
+/// `C_Initialize`, unless done since generation `seen`). A member sharing its module with
+/// others only reconnects — one pulled token must not take its healthy neighbours down — and
+/// rebuilds the context only when the library itself fails (`C_GetSlotList` at device tier).
 fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), HsmError> {
-    shared.module.reinitialize(seen, shared)?;
+    let alone = shared.module.member_count() <= 1;
+    if alone {
+        shared.module.reinitialize(seen, shared)?;
+    }
+    match reconnect(shared, selector) {
+        Err(HsmError::Pkcs11(failure))
+            if !alone && failure.tier == Tier::Device && failure.function == "C_GetSlotList" =>
+        {
+            shared.module.reinitialize(seen, shared)?;
+            reconnect(shared, selector)
+        }
+        other => other,
+    }
+}
+
+/// Token selection and a test login, under the module's call guard.
+fn reconnect(shared: &Shared, selector: &TokenSelector) -> Result<(), HsmError> {
+    let _calls = shared.module.calls();
     let slot = token::select(&shared.pkcs11, &shared.metrics, selector)?;
     let probe = token::open_session(&shared.pkcs11, &shared.metrics, slot, &shared.pin, false)?;
     drop(probe);
