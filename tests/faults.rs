@@ -10,35 +10,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use support::binary::{BIN, Server};
+use support::binary::Server;
 use support::bodies::{self, unb64};
 use support::{AKID_A1, Ca, Client, SECRET_A1, Signer, softhsm};
 use xks_proxy::hsm::KeyUsage;
 
 /// The request budget the proxies here run with.
 const TIMEOUT_MS: u64 = 200;
-
-/// The built fault module, next to the proxy binary (built on demand).
-fn fault_module() -> &'static Path {
-    static MODULE: OnceLock<PathBuf> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let dir = Path::new(BIN).parent().unwrap().to_owned();
-        let module = dir.join("libxks_fault_pkcs11.so");
-        if !module.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "xks-fault-pkcs11"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "cannot build the fault module");
-        }
-        assert!(module.exists(), "{} missing", module.display());
-        module
-    })
-}
 
 /// A proxy whose HSM is the fault module; `set` changes the faults while it runs.
 struct Faulty {
@@ -68,7 +48,7 @@ impl Faulty {
                  [health]\ncache_ttl_seconds = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                  [[key_stores]]\npath_prefix = \"/t\"\n[[key_stores.credentials]]\n\
                  access_key_id = \"{AKID_A1}\"\nsecret = \"{SECRET_A1}\"\n",
-                module = fault_module(),
+                module = support::faults::module(),
                 label = softhsm::TOKEN_LABEL,
                 pin = softhsm::USER_PIN,
             ),
@@ -92,10 +72,7 @@ impl Faulty {
 
     /// Replaces the fault rules; the module sees the change within a few milliseconds.
     fn set(&self, rules: &str) {
-        let staged = self.control.with_extension("new");
-        std::fs::write(&staged, rules).unwrap();
-        std::fs::rename(&staged, &self.control).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
+        support::faults::set_rules(&self.control, rules);
     }
 
     fn client(&self) -> Client {

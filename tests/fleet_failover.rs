@@ -27,24 +27,6 @@ const TASKS: usize = 4;
 const LOAD: Duration = Duration::from_secs(3);
 const FAIL_AFTER: Duration = Duration::from_secs(1);
 
-/// The built fault module, next to the proxy binary (built on demand).
-fn fault_module() -> PathBuf {
-    let module = Path::new(BIN)
-        .parent()
-        .unwrap()
-        .join("libxks_fault_pkcs11.so");
-    if !module.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "xks-fault-pkcs11"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the fault module");
-    }
-    assert!(module.exists(), "{} missing", module.display());
-    module
-}
-
 /// Two tokens, a fleet configuration on the fault module, a key imported into both, and the
 /// proxy running on it.
 struct Fleet {
@@ -97,7 +79,7 @@ impl Fleet {
                  [health]\ncache_ttl_seconds = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                  [[key_stores]]\npath_prefix = \"/t\"\n[[key_stores.credentials]]\n\
                  access_key_id = \"{AKID_A1}\"\nsecret = \"{SECRET_A1}\"\n",
-                module = fault_module(),
+                module = support::faults::module(),
             ),
         )
         .unwrap();
@@ -134,10 +116,7 @@ impl Fleet {
 
     /// Replaces the fault rules atomically; the module sees them within a few milliseconds.
     fn set(&self, rules: &str) {
-        let staged = self.control.with_extension("new");
-        std::fs::write(&staged, rules).unwrap();
-        std::fs::rename(&staged, &self.control).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
+        support::faults::set_rules(&self.control, rules);
     }
 
     fn client(&self) -> Client {

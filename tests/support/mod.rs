@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod bodies;
 pub mod client;
+pub mod faults;
 pub mod pki;
 pub mod sigv4;
 pub mod softhsm;

@@ -1,0 +1,37 @@
+//! Driving the fault-injecting PKCS#11 module (`softhsm/fault-pkcs11`) from tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::binary::BIN;
+
+/// The built fault module, next to the proxy binary (built on demand).
+pub fn module() -> &'static Path {
+    static MODULE: OnceLock<PathBuf> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let module = Path::new(BIN)
+            .parent()
+            .unwrap()
+            .join("libxks_fault_pkcs11.so");
+        if !module.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "xks-fault-pkcs11"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot build the fault module");
+        }
+        assert!(module.exists(), "{} missing", module.display());
+        module
+    })
+}
+
+/// Replaces the rules in `control` atomically; the module sees them within a few milliseconds.
+pub fn set_rules(control: &Path, rules: &str) {
+    let staged = control.with_extension("new");
+    std::fs::write(&staged, rules).unwrap();
+    std::fs::rename(&staged, control).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+}
