@@ -39,8 +39,10 @@ pub struct Reloader {
     state: Arc<AppState>,
     tls: Option<TlsHandle>,
     logging: Option<LogLevelHandle>,
-    /// The settings in effect; also serialises concurrent reloads.
+    /// The settings in effect.
     running: Mutex<Settings>,
+    /// Serialises whole reloads.
+    serial: Mutex<()>,
 }
 
 impl Reloader {
@@ -58,12 +60,16 @@ impl Reloader {
             tls,
             logging,
             running: Mutex::new(running),
+            serial: Mutex::new(()),
         }
     }
 
     /// Reloads; on any error nothing changes and the old configuration keeps serving.
     /// Blocking (file reads); call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadReport, String> {
+        // One reload at a time, including its log level, so a SIGHUP and a POST racing each
+        // other cannot leave the older file's level in effect.
+        let _one_at_a_time = self.serial.lock();
         let result = self.try_reload();
         self.state.metrics().reload(result.is_ok());
         match result {
