@@ -39,30 +39,7 @@ struct Fleet {
 impl Fleet {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        for label in ["fleet-a", "fleet-b"] {
-            let out = Command::new("softhsm2-util")
-                .args(["--init-token", "--free", "--label", label])
-                .args(["--pin", PIN, "--so-pin", "failover-so-pin"])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let conf = softhsm::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
         let ca = Ca::new("failover CA");
         let (chain, tls_key) = ca.server().write(dir.path(), &ca, "server");
         let control = dir.path().join("faults");

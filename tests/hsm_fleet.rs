@@ -9,6 +9,8 @@
 // Panics are how tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
@@ -45,30 +47,7 @@ fn isolated(test: &str, body: impl FnOnce(&Path)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    for label in ["fleet-a", "fleet-b"] {
-        let out = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", label])
-            .args(["--pin", PIN, "--so-pin", "fleet-so-pin"])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let conf = support::softhsm::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
     let config = dir.path().join("xks-proxy.toml");
     std::fs::write(
         &config,

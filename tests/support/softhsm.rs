@@ -34,11 +34,10 @@ static TOKEN: OnceLock<Token> = OnceLock::new();
 pub fn token() -> &'static Token {
     TOKEN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let conf = write_conf(dir.path());
+        let conf = token_dir(dir.path(), &[TOKEN_LABEL], USER_PIN);
         // Set before the first PKCS#11 call in this process; nothing else reads it concurrently
         // because the OnceLock serialises initialisation.
         set_softhsm_conf(&conf);
-        init_token(&conf, TOKEN_LABEL);
         let backend = Arc::new(Pkcs11Backend::open(&hsm_settings(4, 64)).unwrap());
         Token {
             _dir: dir,
@@ -120,6 +119,16 @@ pub fn pkcs11_tool_keygen(label: &str, key_type: &str) {
     );
 }
 
+/// A SoftHSM2 token directory under `dir` with one initialised token per label, all with user
+/// PIN `pin`; returns the `softhsm2.conf` to point `SOFTHSM2_CONF` at.
+pub fn token_dir(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
+    let conf = write_conf(dir);
+    for label in labels {
+        init_token(&conf, label, pin);
+    }
+    conf
+}
+
 fn write_conf(dir: &Path) -> PathBuf {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
@@ -135,7 +144,7 @@ fn write_conf(dir: &Path) -> PathBuf {
     conf
 }
 
-fn init_token(conf: &Path, label: &str) {
+fn init_token(conf: &Path, label: &str, pin: &str) {
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", conf)
         .args([
@@ -144,7 +153,7 @@ fn init_token(conf: &Path, label: &str) {
             "--label",
             label,
             "--pin",
-            USER_PIN,
+            pin,
             "--so-pin",
             SO_PIN,
         ])
