@@ -186,6 +186,9 @@ fn check_config(path: &Path) -> Result<(), String> {
     if let Transport::Tls(tls) = &settings.server.transport {
         crate::tls::server_config(tls).map_err(|e| format!("server.tls: {e}"))?;
     }
+    for warning in settings.warnings() {
+        eprintln!("xks-proxy: warning: {warning}");
+    }
     println!("{}: OK", path.display());
     println!("  listen: {}", settings.server.listen);
     for store in &settings.key_stores {

@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::config::{self, Settings, Transport};
-use crate::http::{ApiConfig, AppState};
+use crate::http::AppState;
 use crate::logging::LogLevelHandle;
 use crate::server::TlsHandle;
 
@@ -39,17 +39,18 @@ pub struct Reloader {
     state: Arc<AppState>,
     tls: Option<TlsHandle>,
     logging: Option<LogLevelHandle>,
-    /// The settings in effect.
-    running: Mutex<Settings>,
+    /// The settings the process started with: what restart-only fields still run with, so
+    /// `restart_required` compares against what actually runs, not the last file read.
+    started: Settings,
     /// Serialises whole reloads.
     serial: Mutex<()>,
 }
 
 impl Reloader {
-    /// `running` is what the process started with.
+    /// `started` is what the process started with.
     pub fn new(
         path: PathBuf,
-        running: Settings,
+        started: Settings,
         state: Arc<AppState>,
         tls: Option<TlsHandle>,
         logging: Option<LogLevelHandle>,
@@ -59,7 +60,7 @@ impl Reloader {
             state,
             tls,
             logging,
-            running: Mutex::new(running),
+            started,
             serial: Mutex::new(()),
         }
     }
@@ -101,9 +102,8 @@ impl Reloader {
 
     /// Validates and swaps; returns the report and the log level still to apply.
     fn try_reload(&self) -> Result<(ReloadReport, String), String> {
-        let mut running = self.running.lock();
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
-        let restart_required = restart_required(&running, &new);
+        let restart_required = restart_required(&self.started, &new);
         // Build everything that can fail before swapping anything.
         let tls = match (&new.server.transport, &self.tls) {
             (Transport::Tls(settings), Some(_)) => {
@@ -124,7 +124,7 @@ impl Reloader {
             }
             _ => false,
         };
-        self.state.replace_api_config(ApiConfig::new(&new));
+        self.state.reconfigure(&new);
         if !restart_required.is_empty() {
             tracing::warn!(
                 settings = ?restart_required,
@@ -137,9 +137,7 @@ impl Reloader {
             tls_reloaded,
             restart_required,
         };
-        let level = new.logging.level.clone();
-        *running = new;
-        Ok((report, level))
+        Ok((report, new.logging.level))
     }
 }
 
@@ -172,7 +170,27 @@ fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "server.shutdown_grace_ms",
             old.server.shutdown_grace != new.server.shutdown_grace,
         ),
+        (
+            "server.idle_timeout_ms",
+            old.server.idle_timeout != new.server.idle_timeout,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            old.server.http2_max_concurrent_streams != new.server.http2_max_concurrent_streams,
+        ),
+        (
+            "limits.pre_auth_buffer_bytes",
+            old.limits.pre_auth_buffer_bytes != new.limits.pre_auth_buffer_bytes,
+        ),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        (
+            "admin.reload_token_file",
+            old.admin.reload_token_file != new.admin.reload_token_file,
+        ),
+        (
+            "admin.allowed_hosts",
+            old.admin.allowed_hosts != new.admin.allowed_hosts,
+        ),
         ("hsm.module", o.module != n.module),
         ("hsm.token_label / token_serial", o.token != n.token),
         (

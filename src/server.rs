@@ -14,14 +14,26 @@
 //! into every request's extensions, the same value `into_make_service_with_connect_info`
 //! would provide.
 //!
+//! Idle connections: a connection with no request in progress is closed gracefully (HTTP/1.1
+//! after the current response, HTTP/2 with GOAWAY) once it has been idle for
+//! [`ServeOptions::idle_timeout`], or for the handshake timeout before its first request, so a
+//! client that only sends the HTTP/2 preface cannot hold a connection slot. Keep-alive PINGs
+//! (every [`H2_PING_INTERVAL`]) close HTTP/2 connections whose peer has gone away; pings do not
+//! count as activity. HTTP/2 streams per connection are capped by
+//! [`ServeOptions::http2_max_concurrent_streams`] and flow-control windows are small (see
+//! [`H2_CONNECTION_WINDOW`]), which bounds what hyper buffers for a connection before the
+//! application reads it.
+//!
 //! Shutdown: when the `shutdown` future resolves the listener is closed, in-flight
-//! connections are told to finish (hyper-util `GracefulShutdown`: HTTP/1.1 closes after the
-//! current response, HTTP/2 sends GOAWAY), and whatever is still running after
-//! the grace period ([`DEFAULT_SHUTDOWN_GRACE`] or [`serve_with_grace`]) is aborted.
+//! connections are told to finish (the same graceful close as for idleness), and whatever is
+//! still running after the grace period ([`DEFAULT_SHUTDOWN_GRACE`] or [`serve_with_grace`])
+//! is aborted.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,18 +42,20 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::config::ServerSettings;
+use crate::metrics::Metrics;
 
 /// Idle time before the first TCP keepalive probe, and the interval between probes.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -52,14 +66,41 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How long in-flight connections may take to finish once [`serve`]'s shutdown starts.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Interval of HTTP/2 keep-alive PINGs; a peer that does not answer within
+/// [`H2_PING_TIMEOUT`] is gone and its connection is closed.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 keep-alive PING may go unanswered.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control window of one connection: the most request bytes hyper buffers for a
+/// connection before the application reads them (hyper's default is 1 MiB).
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 flow-control window of one stream (the protocol's default).
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+
 /// Tuning of [`serve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Most concurrent connections (0 is treated as 1); further ones wait in the backlog.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake, counted from accept, and again for the client's
-    /// first bytes after it (after accept in plaintext mode).
+    /// first bytes after it (after accept in plaintext mode), and for its first request.
     pub handshake_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection (0 is treated as 1).
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for ServeOptions {
+    /// The configuration file's defaults.
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            http2_max_concurrent_streams: 32,
+        }
+    }
 }
 
 impl ServeOptions {
@@ -68,6 +109,8 @@ impl ServeOptions {
         Self {
             max_connections: settings.max_connections.get(),
             handshake_timeout: settings.handshake_timeout,
+            idle_timeout: settings.idle_timeout,
+            http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
         }
     }
 }
@@ -114,22 +157,36 @@ pub async fn serve_with_grace(
 /// atomically (certificate rotation, ROT-2-style reload); established connections keep the
 /// configuration they were accepted with, so nothing is dropped.
 #[derive(Clone)]
-pub struct TlsHandle(Arc<ArcSwap<rustls::ServerConfig>>);
+pub struct TlsHandle {
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// Counts handshakes refused for want of a client certificate (the verifier counts the
+    /// certificates it rejects; rustls refuses a missing one before asking it).
+    metrics: Option<Arc<Metrics>>,
+}
 
 impl TlsHandle {
     /// Wraps the initial configuration.
     pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
-        Self(Arc::new(ArcSwap::new(config)))
+        Self {
+            config: Arc::new(ArcSwap::new(config)),
+            metrics: None,
+        }
+    }
+
+    /// Counts mTLS handshakes without a client certificate in `metrics` (reason `mtls`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Installs a new configuration for connections accepted from now on.
     pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        self.0.store(config);
+        self.config.store(config);
     }
 
     /// The configuration new connections use.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        self.0.load_full()
+        self.config.load_full()
     }
 }
 
@@ -146,8 +203,8 @@ pub async fn serve_reloadable(
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = tls.is_some(), "listening");
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let http = http_builder();
-    let graceful = GracefulShutdown::new();
+    let http = http_builder(&options);
+    let (closing, close) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -168,9 +225,11 @@ pub async fn serve_reloadable(
             acceptor: tls
                 .as_ref()
                 .map(|handle| TlsAcceptor::from(handle.current())),
+            tls_metrics: tls.as_ref().and_then(|handle| handle.metrics.clone()),
             http: http.clone(),
             handshake_timeout: options.handshake_timeout,
-            watcher: graceful.watcher(),
+            idle_timeout: options.idle_timeout,
+            close: close.clone(),
             _permit: permit,
         };
         tasks.spawn(conn.run(stream, app.clone()));
@@ -178,10 +237,9 @@ pub async fn serve_reloadable(
 
     drop(listener);
     tracing::info!(%local, connections = tasks.len(), "shutting down; draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = closing.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             remaining = tasks.len(),
             "shutdown grace period over; aborting connections"
@@ -229,12 +287,19 @@ fn is_per_connection(error: &io::Error) -> bool {
 }
 
 /// The HTTP/1.1 + HTTP/2 connection builder shared by all connections.
-fn http_builder() -> Builder<TokioExecutor> {
+fn http_builder(options: &ServeOptions) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     // The timer enables hyper's HTTP/1 header read timeout (30 s by default) against
     // slow-loris clients; keep-alive is hyper's default.
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.http2_max_concurrent_streams.max(1))
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 
@@ -242,9 +307,12 @@ fn http_builder() -> Builder<TokioExecutor> {
 struct Conn {
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
+    tls_metrics: Option<Arc<Metrics>>,
     http: Builder<TokioExecutor>,
     handshake_timeout: Duration,
-    watcher: Watcher,
+    idle_timeout: Duration,
+    /// Turns `true` when the server shuts down.
+    close: watch::Receiver<bool>,
     /// Held until the connection ends: the connection cap.
     _permit: OwnedSemaphorePermit,
 }
@@ -309,7 +377,18 @@ impl Conn {
         match tokio::time::timeout(self.handshake_timeout, accept).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err((e, stream))) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
+                let no_certificate = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented));
+                if no_certificate {
+                    tracing::warn!("mTLS client presented no certificate; handshake refused");
+                    if let Some(metrics) = &self.tls_metrics {
+                        metrics.auth_failed(NO_KEY_STORE, "mtls");
+                    }
+                } else {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                }
                 linger_close(stream).await;
                 None
             }
@@ -320,8 +399,9 @@ impl Conn {
         }
     }
 
-    /// Serves HTTP on `io` until the client closes, an error occurs or shutdown completes.
-    async fn serve_http<I>(self, io: I, http: Builder<TokioExecutor>, app: Router)
+    /// Serves HTTP on `io` until the client closes, an error occurs, the connection stays
+    /// idle too long or shutdown completes.
+    async fn serve_http<I>(mut self, io: I, http: Builder<TokioExecutor>, app: Router)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
@@ -330,16 +410,115 @@ impl Conn {
             return;
         }
         let peer = self.peer;
-        let service = app.map_request(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        });
+        let activity = Arc::new(Activity::new());
+        let tracker = Arc::clone(&activity);
+        let service = app
+            .map_request(move |mut request: http::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            })
+            .map_future(move |response| {
+                let in_progress = tracker.begin();
+                async move {
+                    let response = response.await;
+                    drop(in_progress);
+                    response
+                }
+            });
         let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
-        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        let mut conn = pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.close.wait_for(|close| *close), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = activity.idle(self.handshake_timeout, self.idle_timeout), if !closing => {
+                    tracing::debug!("closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
     }
 }
+
+/// Requests in progress on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Whether a request ever started: before the first one the shorter limit applies.
+    served: AtomicBool,
+    /// When the connection last went from busy to idle (or started).
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+/// Marks one request in progress until dropped.
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock() = Instant::now();
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InProgress {
+        self.served.store(true, Ordering::Release);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        InProgress(Arc::clone(self))
+    }
+
+    /// Resolves once no request has been in progress for `idle` (`first` before the first
+    /// request).
+    async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            // Registered before the state is read, so no change between the two is missed.
+            changed.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            let limit = if self.served.load(Ordering::Acquire) {
+                idle
+            } else {
+                first.min(idle)
+            };
+            let deadline = *self.idle_since.lock() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = changed => {}
+            }
+        }
+    }
+}
+
+/// `key_store` label of a failure before routing (as the mTLS verifier uses).
+const NO_KEY_STORE: &str = "none";
 
 /// How long a failed handshake's socket keeps draining the client's bytes before closing.
 const FAILED_HANDSHAKE_LINGER: Duration = Duration::from_secs(1);

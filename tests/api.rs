@@ -694,11 +694,18 @@ async fn au_4_region_allowlist_per_store() {
     .start()
     .await;
     let path = "/tenant-a/kms/xks/v1/health";
-    proxy
+    let wrong_region = proxy.client().post(path, &bodies::health()).await;
+    wrong_region.assert_error(401, "AuthenticationFailedException");
+    // An unauthenticated caller cannot tell a refused region from a wrong secret.
+    let wrong_secret = proxy
         .client()
+        .signer(Some(Signer::new(support::AKID_A1, support::SECRET_B)))
         .post(path, &bodies::health())
-        .await
-        .assert_error(401, "AuthenticationFailedException");
+        .await;
+    assert_eq!(
+        wrong_region.json()["errorMessage"],
+        wrong_secret.json()["errorMessage"]
+    );
     let mut eu = Signer::new(support::AKID_A1, support::SECRET_A1);
     eu.region = "eu-west-1".into();
     proxy

@@ -164,7 +164,12 @@ fn log_1_to_log_8_one_audit_line_per_request_and_no_canary_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("audit CA");
     let ca_file = ca.write(dir.path(), "ca");
-    let server = Server::start(&config(dir.path(), &ca, ""));
+    // aws-sigv4 logs whole request bodies at trace level when this variable is set; the proxy
+    // must not depend on it being unset.
+    let server = Server::start_with_env(
+        &config(dir.path(), &ca, ""),
+        &[("LOG_SIGNABLE_BODY", Path::new("true"))],
+    );
     let _ = server.drain_log();
 
     let plaintext = b"CANARY-PLAINTEXT-9b2f";
@@ -382,6 +387,14 @@ fn log_1_to_log_8_one_audit_line_per_request_and_no_canary_at_trace_level() {
             !log.contains(canary.as_str()),
             "{canary} leaked into the log"
         );
+        // Also as a Rust byte-slice Debug rendering (`[67, 65, 78, …]`), the way aws-sigv4
+        // prints a request body.
+        let as_bytes = format!("{:?}", canary.as_bytes());
+        let as_bytes = as_bytes.trim_start_matches('[').trim_end_matches(']');
+        assert!(
+            !log.contains(as_bytes),
+            "{canary} leaked into the log as bytes"
+        );
     }
 }
 
@@ -436,4 +449,31 @@ fn mt_7_curl_sees_handshake_failure_for_a_wrong_client_certificate() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TLS alert, handshake failure"), "{stderr}");
+
+    // No certificate at all: refused too, and counted like the wrong one.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&ca_file)
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ])
+        .args(["-X", "POST", "--data", "{}"])
+        .arg(format!(
+            "https://localhost:{}/tenant-a/kms/xks/v1/health",
+            server.addr.port()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let metrics = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .arg(format!("http://{}/metrics", server.admin_addr))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains(r#"xks_authentication_failures_total{key_store="none",reason="mtls"} 2"#),
+        "{metrics}"
+    );
 }

@@ -3,10 +3,11 @@
 
 use crate::xks::{ErrorName, XksError};
 
-/// The one `errorMessage` for both an unknown access key id and a wrong signature, so that a
-/// caller cannot probe which access key ids exist (AU-12).
-const CREDENTIALS_REJECTED: &str =
-    "the access key id is not accepted or the request signature does not match";
+/// The one `errorMessage` of every authentication failure: an unauthenticated caller must not
+/// learn which access key ids exist (AU-12) or which regions a key store accepts. The reason is
+/// in the audit line (`reason`) and in `xks_authentication_failures_total`.
+const CREDENTIALS_REJECTED: &str = "the request could not be authenticated: check the access key id, secret, \
+     credential scope, signed headers and clock (the proxy's audit log names the reason)";
 
 /// Why SigV4 verification rejected a request.
 ///
@@ -95,15 +96,12 @@ impl AuthError {
 }
 
 impl From<AuthError> for XksError {
-    /// Always 401 `AuthenticationFailedException` (AU-12). An unknown access key id and a wrong
-    /// signature get the same message; the other messages say what is wrong without echoing input.
-    fn from(err: AuthError) -> Self {
-        let name = ErrorName::AuthenticationFailedException;
-        match err {
-            AuthError::UnknownAccessKeyId | AuthError::SignatureMismatch => {
-                Self::new(name, CREDENTIALS_REJECTED)
-            }
-            other => Self::new(name, other.to_string()),
-        }
+    /// Always 401 `AuthenticationFailedException` with one message for every reason (AU-12):
+    /// all failures before authentication look the same from outside.
+    fn from(_: AuthError) -> Self {
+        Self::new(
+            ErrorName::AuthenticationFailedException,
+            CREDENTIALS_REJECTED,
+        )
     }
 }

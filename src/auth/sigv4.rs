@@ -109,9 +109,6 @@ fn verify_parsed(
         return Err(AuthError::ScopeDateMismatch);
     }
     check_skew(signing_time, now)?;
-    if !store.region_allowed(auth.scope.region) {
-        return Err(AuthError::RegionNotAllowed);
-    }
     if parts.uri.query().is_some() {
         return Err(AuthError::UnexpectedQuery);
     }
@@ -124,13 +121,18 @@ fn verify_parsed(
         return Err(AuthError::UnknownAccessKeyId);
     }
     let computed = computed?;
-    if bool::from(computed.as_bytes().ct_eq(auth.signature.as_bytes())) {
+    if !bool::from(computed.as_bytes().ct_eq(auth.signature.as_bytes())) {
+        return Err(AuthError::SignatureMismatch);
+    }
+    // Only a caller holding the secret learns that the region is the problem (the wire
+    // message is the same for every failure anyway), and the check costs the same time.
+    if store.region_allowed(auth.scope.region) {
         Ok(Authenticated {
             access_key_id: auth.access_key_id.to_owned(),
             region: auth.scope.region.to_owned(),
         })
     } else {
-        Err(AuthError::SignatureMismatch)
+        Err(AuthError::RegionNotAllowed)
     }
 }
 

@@ -35,7 +35,7 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
             let material = crate::tls::load(tls, Some(Arc::clone(&metrics)))
                 .map_err(|e| format!("server.tls: {e}"))?;
             metrics.set_tls_not_after(Some(material.leaf_not_after));
-            Some(TlsHandle::new(material.config))
+            Some(TlsHandle::new(material.config).with_metrics(Arc::clone(&metrics)))
         }
         Transport::PlaintextBehindLoadBalancer => None,
     };
@@ -129,12 +129,14 @@ impl Running {
         );
         let admin_options = ServeOptions {
             max_connections: ADMIN_MAX_CONNECTIONS,
-            handshake_timeout: settings.server.handshake_timeout,
+            // Probes and scrapes send one request at a time.
+            http2_max_concurrent_streams: 4,
+            ..ServeOptions::from_settings(&settings.server)
         };
         let admin = serve_with_grace(
             admin_listener,
             None,
-            crate::admin::router(state, Some(reloader)),
+            crate::admin::router(state, Some(reloader), settings.admin.clone()),
             admin_options,
             wait_stop(stopped),
             ADMIN_SHUTDOWN_GRACE,
@@ -182,6 +184,9 @@ fn log_startup(
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let addr = local(listener);
     let admin_addr = local(admin);
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let transport = match &settings.server.transport {
         Transport::Tls(tls) => match &tls.client_auth {
             ClientAuth::Disabled => "https".to_owned(),

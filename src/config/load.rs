@@ -88,8 +88,38 @@ fn deserialize_error(err: &config::ConfigError) -> ConfigError {
         .unwrap_or_else(|| "(file)".to_owned());
     ConfigError {
         field,
-        message: without_source_lines(&text),
+        message: without_quoted_values(&without_source_lines(&text)),
     }
+}
+
+/// serde quotes the offending value (`invalid type: string "1234", expected usize`): a PIN or
+/// secret typed into the wrong field would reach the log and the admin reload response. Drop
+/// every quoted span except the names of keys and fields, which come from the schema.
+fn without_quoted_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(['"', '`']) {
+        let (before, quoted) = rest.split_at(start);
+        out.push_str(before);
+        let quote = quoted.as_bytes()[0] as char;
+        let Some(len) = quoted[1..].find(quote) else {
+            out.push_str("(value)");
+            return out;
+        };
+        let span = &quoted[..len + 2];
+        let names_a_key = [
+            "for key ",
+            "unknown field ",
+            "missing field ",
+            "duplicate field ",
+        ]
+        .iter()
+        .any(|lead| out.ends_with(lead));
+        out.push_str(if names_a_key { span } else { "(value)" });
+        rest = &quoted[len + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// TOML parse errors quote the offending line, which may hold a secret or a PIN (and the

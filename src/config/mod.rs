@@ -46,12 +46,41 @@ pub struct Settings {
     pub admin: AdminSettings,
 }
 
+impl Settings {
+    /// Valid but risky choices, for `check-config` to print and `serve` to log at `warn`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.admin.exposed() {
+            warnings.push(format!(
+                "admin.listen = {} is not a loopback address: /metrics, /healthz and /readyz \
+                 answer anyone who can reach it (plain HTTP, no authentication); restrict it \
+                 with a firewall or network policy, or bind 127.0.0.1",
+                self.admin.listen
+            ));
+        }
+        warnings
+    }
+}
+
 /// The admin listener (plain HTTP): `GET /metrics`, `GET /healthz`, `GET /readyz`,
 /// `POST /admin/reload`. It is unauthenticated, so it defaults to loopback.
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     /// Address to bind, e.g. `127.0.0.1:9443`.
     pub listen: SocketAddr,
+    /// File holding the bearer token `POST /admin/reload` requires; `None` disables reload
+    /// over HTTP (SIGHUP still works). Read on every reload request, so it can be rotated.
+    pub reload_token_file: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) the admin listener answers to; any
+    /// other `Host` is refused, which defeats DNS rebinding from a browser.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AdminSettings {
+    /// Whether the admin listener is reachable from other machines.
+    pub fn exposed(&self) -> bool {
+        !self.listen.ip().is_loopback()
+    }
 }
 
 /// The XKS listener.
@@ -69,6 +98,10 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// How the listener speaks.
@@ -116,6 +149,9 @@ pub struct Limits {
     pub max_plaintext_bytes: usize,
     /// Largest AAD in bytes (8192…65535).
     pub max_aad_bytes: usize,
+    /// Request body bytes the whole process may hold before their requests are authenticated;
+    /// beyond it, requests get 429 `ThrottlingException` (≥ `max_body_bytes`).
+    pub pre_auth_buffer_bytes: usize,
 }
 
 /// The PKCS#11 module and token.

@@ -29,12 +29,17 @@ pub(super) struct RawConfig {
 pub(super) struct RawAdmin {
     #[serde(default = "defaults::admin_listen")]
     pub(super) listen: String,
+    pub(super) reload_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: defaults::admin_listen(),
+            reload_token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -54,6 +59,10 @@ pub(super) struct RawServer {
     pub(super) request_timeout_ms: u64,
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub(super) shutdown_grace_ms: u64,
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub(super) idle_timeout_ms: u64,
+    #[serde(default = "defaults::http2_max_concurrent_streams")]
+    pub(super) http2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +89,8 @@ pub(super) struct RawLimits {
     pub(super) max_plaintext_bytes: usize,
     #[serde(default = "defaults::max_aad_bytes")]
     pub(super) max_aad_bytes: usize,
+    #[serde(default = "defaults::pre_auth_buffer_bytes")]
+    pub(super) pre_auth_buffer_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -88,6 +99,7 @@ impl Default for RawLimits {
             max_body_bytes: defaults::max_body_bytes(),
             max_plaintext_bytes: defaults::max_plaintext_bytes(),
             max_aad_bytes: defaults::max_aad_bytes(),
+            pre_auth_buffer_bytes: defaults::pre_auth_buffer_bytes(),
         }
     }
 }
@@ -205,6 +217,15 @@ pub(super) mod defaults {
     pub(in crate::config) fn shutdown_grace_ms() -> u64 {
         10_000
     }
+    /// As HTTP/1.1 keep-alive in hyper: a connection with no request for 30 s is closed.
+    pub(in crate::config) fn idle_timeout_ms() -> u64 {
+        30_000
+    }
+    /// KMS sends one request at a time per connection; 32 leaves room for other clients
+    /// while keeping a connection's worst case small (README "Limits and exposure").
+    pub(in crate::config) fn http2_max_concurrent_streams() -> u32 {
+        32
+    }
     /// Metrics, probes and reload stay on loopback unless the operator opens them up.
     pub(in crate::config) fn admin_listen() -> String {
         "127.0.0.1:9443".into()
@@ -217,6 +238,10 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn max_aad_bytes() -> usize {
         16 * 1024
+    }
+    /// 128 request bodies at the default cap, thousands of KMS-sized ones.
+    pub(in crate::config) fn pre_auth_buffer_bytes() -> usize {
+        16 * 1024 * 1024
     }
     pub(in crate::config) fn sessions() -> usize {
         4

@@ -11,7 +11,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::load::Errors;
-use super::raw::{RawClientAuth, RawConfig, RawCredential, RawHsm, RawKeyStore, RawServer};
+use super::raw::{
+    RawAdmin, RawClientAuth, RawConfig, RawCredential, RawHsm, RawKeyStore, RawServer,
+};
 use super::types::{AccessKeyId, ClientSubjectName, UriPrefix};
 use super::{
     AdminSettings, ClientAuth, Credential, HealthSettings, HsmMemberSettings, HsmSettings,
@@ -27,15 +29,7 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
     let health = validate_health(&raw.health, errors);
     let key_stores = validate_key_stores(raw.key_stores, hsm.as_ref(), errors);
     let logging = validate_logging(raw.logging, errors);
-    let admin = errors
-        .check(
-            "admin.listen",
-            raw.admin
-                .listen
-                .parse::<SocketAddr>()
-                .map_err(|_| "must be an IP address and port, e.g. 127.0.0.1:9443".to_owned()),
-        )
-        .map(|listen| AdminSettings { listen });
+    let admin = validate_admin(raw.admin, errors);
     Some(Settings {
         server: server?,
         limits: limits?,
@@ -47,6 +41,72 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
         admin: admin?,
     })
 }
+
+fn validate_admin(raw: RawAdmin, errors: &mut Errors) -> Option<AdminSettings> {
+    let listen = errors.check(
+        "admin.listen",
+        raw.listen
+            .parse::<SocketAddr>()
+            .map_err(|_| "must be an IP address and port, e.g. 127.0.0.1:9443".to_owned()),
+    );
+    let reload_token_file = match raw.reload_token_file {
+        None => Some(None),
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(mut text) => {
+                let long_enough = text.trim().len() >= MIN_RELOAD_TOKEN_LEN;
+                zeroize::Zeroize::zeroize(&mut text);
+                if long_enough {
+                    Some(Some(path))
+                } else {
+                    errors.push(
+                        "admin.reload_token_file",
+                        format!("the token must be at least {MIN_RELOAD_TOKEN_LEN} characters"),
+                    );
+                    None
+                }
+            }
+            Err(e) => {
+                errors.push(
+                    "admin.reload_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+    };
+    let hosts_before = errors.0.len();
+    let allowed_hosts = raw
+        .allowed_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, host)| {
+            let lower = host.to_ascii_lowercase();
+            let ok = !lower.is_empty()
+                && lower.len() <= 253
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if ok {
+                Some(lower)
+            } else {
+                errors.push(
+                    format!("admin.allowed_hosts[{i}]"),
+                    "must be a host name without port, e.g. xks-proxy-admin.monitoring.svc",
+                );
+                None
+            }
+        })
+        .collect();
+    (errors.0.len() == hosts_before).then_some(())?;
+    Some(AdminSettings {
+        listen: listen?,
+        reload_token_file: reload_token_file?,
+        allowed_hosts,
+    })
+}
+
+/// Shortest accepted admin reload token: guessing must be hopeless.
+const MIN_RELOAD_TOKEN_LEN: usize = 32;
 
 fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<ServerSettings> {
     let listen = errors.check(
@@ -108,6 +168,18 @@ fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<ServerSettings
         1..=60_000,
         errors,
     );
+    let idle_timeout = millis(
+        "server.idle_timeout_ms",
+        raw.idle_timeout_ms,
+        1_000..=3_600_000,
+        errors,
+    );
+    let http2_max_concurrent_streams = range(
+        "server.http2_max_concurrent_streams",
+        raw.http2_max_concurrent_streams,
+        1..=1000,
+        errors,
+    );
     Some(ServerSettings {
         listen: listen?,
         transport: transport?,
@@ -115,6 +187,8 @@ fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<ServerSettings
         handshake_timeout: handshake_timeout?,
         request_timeout: request_timeout?,
         shutdown_grace: shutdown_grace?,
+        idle_timeout: idle_timeout?,
+        http2_max_concurrent_streams: http2_max_concurrent_streams?,
     })
 }
 
@@ -165,10 +239,17 @@ fn validate_limits(raw: &super::raw::RawLimits, errors: &mut Errors) -> Option<L
         8192..=65_535,
         errors,
     );
+    let pre_auth = range(
+        "limits.pre_auth_buffer_bytes",
+        raw.pre_auth_buffer_bytes,
+        raw.max_body_bytes..=1024 * 1024 * 1024,
+        errors,
+    );
     Some(Limits {
         max_body_bytes: body?,
         max_plaintext_bytes: plaintext?,
         max_aad_bytes: aad?,
+        pre_auth_buffer_bytes: pre_auth?,
     })
 }
 
@@ -579,9 +660,10 @@ fn range<T: PartialOrd + fmt::Display + Copy>(
     if allowed.contains(&value) {
         Some(value)
     } else {
+        // The value itself is not quoted back: a misplaced secret must not reach the log.
         errors.push(
             field,
-            format!("{value} is outside {}..={}", allowed.start(), allowed.end()),
+            format!("must be within {}..={}", allowed.start(), allowed.end()),
         );
         None
     }

@@ -27,6 +27,10 @@
 //! | `duration_us` | time from request start to response, in microseconds (LOG-6) |
 //! | `hsm_member` | the HSM member (token serial) that served the request, when it reached the HSM (LOG-4) |
 //!
+//! A request whose handler panics still gets its line (status 500, `InternalException`), and so
+//! does one whose client went away before the answer (status 499, reason
+//! `client closed the request`): every request that reached the handler is accounted for.
+//!
 //! `requestMetadata` is only known once the body has been authenticated and parsed, so a 401
 //! or a malformed body has no `kms_request_id`. Never logged: plaintext, AAD or ciphertext
 //! contents, IVs, tags, the `Authorization` header, signatures, secrets or PINs (LOG-2,
@@ -34,12 +38,13 @@
 //!
 //! [`AuthError::reason`]: crate::auth::AuthError::reason
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
 use super::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels};
+use crate::xks::XksError;
 use crate::xks::wire::RequestMetadata;
 
 /// The tracing target of the audit line.
@@ -87,6 +92,29 @@ impl AuditRecord {
             Some(ApiError::MethodNotAllowed { .. }) => Some("method not allowed"),
             None => None,
         });
+        self.write(metrics, status, error_name, reason, elapsed);
+    }
+
+    /// A request that ended without an answer: its client went away.
+    fn abandoned(self, metrics: &Metrics, elapsed: Duration) {
+        let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+        self.write(
+            metrics,
+            status,
+            None,
+            Some("client closed the request before the answer"),
+            elapsed,
+        );
+    }
+
+    fn write(
+        self,
+        metrics: &Metrics,
+        status: StatusCode,
+        error_name: Option<&str>,
+        reason: Option<&str>,
+        elapsed: Duration,
+    ) {
         let meta = self.metadata.as_ref();
         tracing::info!(
             target: TARGET,
@@ -101,7 +129,7 @@ impl AuditRecord {
             aws_source_vpce = meta.and_then(|m| m.aws_source_vpce.as_deref()),
             external_key_id = self.external_key_id.as_deref(),
             status = status.as_u16(),
-            outcome = if error.is_none() { "success" } else { "failure" },
+            outcome = if status.is_success() { "success" } else { "failure" },
             error_name,
             reason,
             data_bytes = self.data_bytes,
@@ -119,5 +147,61 @@ impl AuditRecord {
             },
             elapsed,
         );
+    }
+}
+
+/// Status recorded for a request whose client went away before it was answered (nginx's
+/// convention; never sent on the wire).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// An [`AuditRecord`] that is written exactly once: by [`AuditGuard::finish`], or, if the
+/// handler panicked or was dropped (client gone) first, when the guard is dropped.
+pub(super) struct AuditGuard<'a> {
+    record: AuditRecord,
+    metrics: &'a Metrics,
+    started: Instant,
+    written: bool,
+}
+
+impl<'a> AuditGuard<'a> {
+    pub(super) fn new(metrics: &'a Metrics, started: Instant) -> Self {
+        Self {
+            record: AuditRecord::default(),
+            metrics,
+            started,
+            written: false,
+        }
+    }
+
+    /// The record to fill in.
+    pub(super) fn record(&mut self) -> &mut AuditRecord {
+        &mut self.record
+    }
+
+    /// Writes the line for the answer sent.
+    pub(super) fn finish(mut self, status: StatusCode, error: Option<&ApiError>) {
+        self.written = true;
+        std::mem::take(&mut self.record).finish(
+            self.metrics,
+            status,
+            error,
+            self.started.elapsed(),
+        );
+    }
+}
+
+impl Drop for AuditGuard<'_> {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let record = std::mem::take(&mut self.record);
+        let elapsed = self.started.elapsed();
+        if std::thread::panicking() {
+            let error = ApiError::Xks(XksError::internal("request handler panicked"));
+            record.finish(self.metrics, error.status(), Some(&error), elapsed);
+        } else {
+            record.abandoned(self.metrics, elapsed);
+        }
     }
 }

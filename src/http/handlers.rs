@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode, header, request::Parts};
-use http_body_util::{BodyExt, Limited};
 use zeroize::Zeroizing;
 
-use super::audit::AuditRecord;
+use super::audit::{AuditGuard, AuditRecord};
+use super::body;
 use super::error::{ApiError, json_response};
 use super::routing::Operation;
 use super::{ApiConfig, AppState, KeyStore};
@@ -33,7 +33,8 @@ pub(super) async fn ping_method_not_allowed() -> Response {
 }
 
 /// Everything except `/ping`: the XKS API. Every request ends in exactly one audit line
-/// and one `xks_requests_total` increment ([`AuditRecord::finish`]).
+/// and one `xks_requests_total` increment ([`AuditGuard`]), even if its handler panics or
+/// its client goes away.
 pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let _in_flight = state.metrics.request_started();
     let started = Instant::now();
@@ -41,18 +42,13 @@ pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) ->
     let deadline = started + api.request_timeout;
     let (parts, body) = request.into_parts();
 
-    let mut audit = AuditRecord::default();
-    let result = handle(&state, &api, &parts, body, deadline, &mut audit).await;
+    let mut audit = AuditGuard::new(&state.metrics, started);
+    let result = handle(&state, &api, &parts, body, deadline, audit.record()).await;
     let status = match &result {
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
     };
-    audit.finish(
-        &state.metrics,
-        status,
-        result.as_ref().err(),
-        started.elapsed(),
-    );
+    audit.finish(status, result.as_ref().err());
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -64,25 +60,21 @@ async fn handle(
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let (store_index, operation) = api.routes.resolve(parts.uri.path(), parts.uri.query())?;
-    let store = api
-        .stores
-        .get(store_index)
-        .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
-    audit.key_store = Some(store.settings.name.clone());
-    audit.operation = Some(operation.name());
-    audit.external_key_id = operation.key().map(|k| k.to_string());
-    if parts.method != Method::POST {
-        return Err(ApiError::MethodNotAllowed { allow: "POST" });
-    }
+    let (store, operation) = match route(api, parts, audit) {
+        Ok(routed) => routed,
+        Err(err) => {
+            // Read what the client is still sending, so the answer reaches it (body.rs).
+            let drain = body::discard(body, api.limits.max_body_bytes);
+            let _ = tokio::time::timeout(api.body_timeout, drain).await;
+            return Err(err);
+        }
+    };
 
     // A client that never finishes its body must not hold the connection forever.
-    let body = tokio::time::timeout(
-        api.body_timeout,
-        read_body(parts, body, api.limits.max_body_bytes),
-    )
-    .await
-    .map_err(|_| XksError::validation("the request body did not arrive in time"))??;
+    let read = body::read_capped(parts, body, api.limits.max_body_bytes, &state.pre_auth);
+    let (body, unauthenticated) = tokio::time::timeout(api.body_timeout, read)
+        .await
+        .map_err(|_| XksError::validation("the request body did not arrive in time"))??;
     if let Err(err) = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now()) {
         state
             .metrics
@@ -90,6 +82,7 @@ async fn handle(
         audit.auth_failure = Some(err.reason());
         return Err(err.into());
     }
+    drop(unauthenticated);
     if !store.settings.enabled {
         return Err(XksError::new(
             ErrorName::InvalidStateException,
@@ -108,23 +101,76 @@ async fn handle(
         .into());
     }
     require_json_content_type(parts)?;
+    dispatch(state, api, store, operation, &body, deadline, audit).await
+}
 
+/// The steps before the body is read (§3.4 steps 1–2): a well-formed HTTP/2 request head,
+/// the key store and operation from the path (404), and the method (405).
+fn route<'a>(
+    api: &'a ApiConfig,
+    parts: &Parts,
+    audit: &mut AuditRecord,
+) -> Result<(&'a KeyStore, Operation), ApiError> {
+    require_consistent_authority(parts)?;
+    let (store_index, operation) = api.routes.resolve(parts.uri.path(), parts.uri.query())?;
+    let store = api
+        .stores
+        .get(store_index)
+        .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
+    audit.key_store = Some(store.settings.name.clone());
+    audit.operation = Some(operation.name());
+    audit.external_key_id = operation.key().map(|k| k.to_string());
+    if parts.method != Method::POST {
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
+    }
+    Ok((store, operation))
+}
+
+/// RFC 9113 §8.3.1: an HTTP/2 request whose `Host` differs from its `:authority` is malformed.
+/// SigV4 signs `Host` when present, so the two must not name different servers.
+fn require_consistent_authority(parts: &Parts) -> Result<(), XksError> {
+    let (Some(authority), Some(host)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+    else {
+        return Ok(());
+    };
+    if parts.version == http::Version::HTTP_2
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(XksError::validation(
+            "malformed HTTP/2 request: the Host header differs from :authority",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the authenticated body and runs the operation.
+async fn dispatch(
+    state: &AppState,
+    api: &ApiConfig,
+    store: &KeyStore,
+    operation: Operation,
+    body: &[u8],
+    deadline: Instant,
+    audit: &mut AuditRecord,
+) -> Result<Response, ApiError> {
     match operation {
         Operation::Health => {
-            let req = HealthRequest::parse(&body)?;
+            let req = HealthRequest::parse(body)?;
             audit.metadata = Some(req.metadata);
             let resp = state.health.status(deadline).await?;
             audit.hsm_member = state.backend.member_id().map(str::to_owned);
             Ok(ok_json(&resp))
         }
         Operation::KeyMetadata(key) => {
-            let req = KeyMetadataRequest::parse(&body)?;
+            let req = KeyMetadataRequest::parse(body)?;
             audit.metadata = Some(req.metadata);
             served_key(store, api, &key)?;
             key_metadata(state, key, deadline, audit).await
         }
         Operation::Encrypt(key) => {
-            let req = EncryptRequest::parse(&body)?;
+            let req = EncryptRequest::parse(body)?;
             audit.metadata = Some(req.metadata.clone());
             audit.data_bytes = Some(req.plaintext.len());
             audit.aad_bytes = Some(req.aad.len());
@@ -132,31 +178,13 @@ async fn handle(
             encrypt(state, api, key, req, deadline, audit).await
         }
         Operation::Decrypt(key) => {
-            let req = DecryptRequest::parse(&body)?;
+            let req = DecryptRequest::parse(body)?;
             audit.metadata = Some(req.metadata.clone());
             audit.data_bytes = Some(req.ciphertext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
             decrypt(state, api, key, req, deadline, audit).await
         }
-    }
-}
-
-/// Reads the body with the cap enforced before buffering (TR-12, E-17).
-async fn read_body(parts: &Parts, body: Body, max: usize) -> Result<Bytes, ApiError> {
-    let too_large = || XksError::unsupported(format!("the request body exceeds {max} bytes"));
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large().into());
-    }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large().into()),
-        Err(_) => Err(XksError::validation("the request body could not be read").into()),
     }
 }
 

@@ -1,11 +1,14 @@
 //! The HTTP layer: routing, body cap, SigV4, dispatch to the operations, one error mapping.
 //!
-//! Evaluation order (checklist §3.4): path and method (404 / 405, before authentication) →
-//! body, capped before buffering (501) → SigV4 (401) → key store state (400) → JSON (400) →
+//! Evaluation order (checklist §3.4): a well-formed HTTP/2 head (400) → path and method
+//! (404 / 405, before authentication; the body is drained so the answer arrives) → body,
+//! capped before buffering (501) and charged to the process-wide pre-authentication budget
+//! (429) → SigV4 (401) → key store state (400) → quota (429) → content type and JSON (400) →
 //! key allowlist (404) → sizes (501) → HSM. `GET /ping` answers 200 unauthenticated for load
 //! balancers (LB-1).
 
 pub mod audit;
+mod body;
 mod error;
 mod handlers;
 mod quota;
@@ -20,6 +23,7 @@ use axum::Router;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use body::PreAuthBudget;
 pub use error::{ApiError, json_response};
 pub use routing::{Operation, RouteTable};
 
@@ -36,6 +40,8 @@ pub struct AppState {
     backend: Arc<dyn KeyBackend>,
     health: HealthService,
     metrics: Arc<Metrics>,
+    /// Request body bytes held for requests not yet authenticated (process-wide).
+    pre_auth: PreAuthBudget,
 }
 
 /// The part of the configuration requests read, swappable as a whole on reload.
@@ -54,19 +60,26 @@ pub struct KeyStore {
     settings: KeyStoreSettings,
     credentials: CredentialStore,
     allowed_keys: Option<HashSet<ExternalKeyId>>,
-    /// The store's request quota, if it has one (a reload starts a full bucket).
-    quota: Option<quota::TokenBucket>,
+    /// The store's request quota, if it has one; a reload keeps its state (a store with the
+    /// same name keeps its bucket), so reloading never refills it.
+    quota: Option<Arc<quota::TokenBucket>>,
 }
 
 impl KeyStore {
-    fn new(settings: KeyStoreSettings) -> Self {
+    fn new(settings: KeyStoreSettings, previous: Option<&ApiConfig>) -> Self {
         let credentials =
             CredentialStore::new(&settings.credentials, settings.allowed_regions.as_deref());
         let allowed_keys = settings
             .allowed_keys
             .as_ref()
             .map(|k| k.iter().cloned().collect());
-        let quota = settings.rate_limit.map(quota::TokenBucket::new);
+        let old_bucket = previous
+            .and_then(|old| old.stores.iter().find(|s| s.settings.name == settings.name))
+            .and_then(|old| old.quota.as_ref());
+        let quota = settings.rate_limit.map(|limit| match old_bucket {
+            Some(bucket) => bucket.reconfigured(limit),
+            None => Arc::new(quota::TokenBucket::new(limit)),
+        });
         Self {
             settings,
             credentials,
@@ -88,13 +101,18 @@ impl KeyStore {
 impl ApiConfig {
     /// Builds the request-facing configuration from validated settings.
     pub fn new(settings: &Settings) -> Self {
+        Self::build(settings, None)
+    }
+
+    /// Like [`ApiConfig::new`], carrying over run-time state (quota buckets) from `previous`.
+    fn build(settings: &Settings, previous: Option<&Self>) -> Self {
         let routes = RouteTable::new(settings.key_stores.iter().map(|s| s.prefix.as_str()));
         Self {
             stores: settings
                 .key_stores
                 .iter()
                 .cloned()
-                .map(KeyStore::new)
+                .map(|store| KeyStore::new(store, previous))
                 .collect(),
             routes,
             limits: settings.limits,
@@ -129,12 +147,20 @@ impl AppState {
             ),
             backend,
             metrics,
+            pre_auth: PreAuthBudget::new(settings.limits.pre_auth_buffer_bytes),
         }
     }
 
-    /// Atomically replaces the request-facing configuration (credential rotation, ROT-2).
-    /// Requests in progress finish with the configuration they started with.
-    pub fn replace_api_config(&self, config: ApiConfig) {
+    /// Request body bytes currently held for requests not yet authenticated.
+    pub fn pre_auth_bytes_in_use(&self) -> usize {
+        self.pre_auth.in_use()
+    }
+
+    /// Atomically replaces the request-facing configuration with one built from `settings`
+    /// (credential rotation, ROT-2); quota buckets keep their state. Requests in progress
+    /// finish with the configuration they started with.
+    pub fn reconfigure(&self, settings: &Settings) {
+        let config = ApiConfig::build(settings, Some(&self.api.load()));
         config.publish_credential_counts(&self.metrics);
         self.api.store(Arc::new(config));
     }

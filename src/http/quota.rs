@@ -2,6 +2,7 @@
 //! URI-3): a token bucket refilled at `requests_per_second`, holding at most `burst`
 //! requests. An empty bucket answers 429 `ThrottlingException` at once.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -26,6 +27,26 @@ impl TokenBucket {
             burst,
             state: Mutex::new((burst, Instant::now())),
         }
+    }
+
+    /// The bucket for `limit` after a reload: this very bucket when the limit is unchanged,
+    /// else a new one holding the tokens left here (at most its burst), so a reload never
+    /// hands out a fresh burst.
+    pub(super) fn reconfigured(self: &Arc<Self>, limit: RateLimit) -> Arc<Self> {
+        let per_second = f64::from(limit.requests_per_second);
+        let burst = f64::from(limit.burst);
+        if per_second == self.per_second && burst == self.burst {
+            return Arc::clone(self);
+        }
+        let now = Instant::now();
+        let (tokens, since) = *self.state.lock();
+        let refilled = now.saturating_duration_since(since).as_secs_f64() * self.per_second;
+        let left = (tokens + refilled).min(self.burst).min(burst);
+        Arc::new(Self {
+            per_second,
+            burst,
+            state: Mutex::new((left, now)),
+        })
     }
 
     /// Takes one token if there is one.

@@ -154,7 +154,7 @@ secret = "{SECRET_B}"
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             max_connections: 64,
-            handshake_timeout: Duration::from_secs(5),
+            ..ServeOptions::from_settings(&settings.server)
         };
         let task = tokio::spawn(serve(listener, tls, router(state), options, async move {
             let _ = stopped.await;

@@ -56,6 +56,7 @@ pub(crate) fn options() -> ServeOptions {
     ServeOptions {
         max_connections: 64,
         handshake_timeout: Duration::from_secs(2),
+        ..ServeOptions::default()
     }
 }
 

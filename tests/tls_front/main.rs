@@ -339,6 +339,7 @@ async fn handshake_timeout_closes_silent_clients_and_frees_the_slot() {
     let options = xks_proxy::server::ServeOptions {
         max_connections: 1,
         handshake_timeout: Duration::from_millis(200),
+        ..client::options()
     };
     let tls = xks_proxy::tls::server_config(&pki.tls()).unwrap();
     let server = Server::start(Some(tls), options).await;
