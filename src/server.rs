@@ -427,8 +427,16 @@ impl Conn {
             });
         let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let mut conn = pin!(conn);
-        let mut closing = false;
+        let opened = Instant::now();
+        // Set once a graceful close began: HTTP/2's waits for the client to acknowledge a
+        // PING, which a hostile client never does, so an idle connection is dropped outright
+        // `handshake_timeout` later.
+        let mut closing_since: Option<Instant> = None;
         loop {
+            let (first, idle, since) = match closing_since {
+                None => (self.handshake_timeout, self.idle_timeout, opened),
+                Some(since) => (self.handshake_timeout, self.handshake_timeout, since),
+            };
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -436,14 +444,18 @@ impl Conn {
                     }
                     return;
                 }
-                _ = self.close.wait_for(|close| *close), if !closing => {
+                _ = self.close.wait_for(|close| *close), if closing_since.is_none() => {
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing_since = Some(Instant::now());
                 }
-                () = activity.idle(self.handshake_timeout, self.idle_timeout), if !closing => {
+                () = activity.idle(first, idle, since) => {
+                    if closing_since.is_some() {
+                        tracing::debug!("dropping an idle connection that did not close");
+                        return;
+                    }
                     tracing::debug!("closing an idle connection");
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing_since = Some(Instant::now());
                 }
             }
         }
@@ -490,8 +502,8 @@ impl Activity {
     }
 
     /// Resolves once no request has been in progress for `idle` (`first` before the first
-    /// request).
-    async fn idle(&self, first: Duration, idle: Duration) {
+    /// request), counting from `since` at the earliest.
+    async fn idle(&self, first: Duration, idle: Duration, since: Instant) {
         loop {
             let mut changed = pin!(self.changed.notified());
             // Registered before the state is read, so no change between the two is missed.
@@ -505,7 +517,7 @@ impl Activity {
             } else {
                 first.min(idle)
             };
-            let deadline = *self.idle_since.lock() + limit;
+            let deadline = (*self.idle_since.lock()).max(since) + limit;
             if Instant::now() >= deadline {
                 return;
             }

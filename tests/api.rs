@@ -699,7 +699,7 @@ async fn au_4_region_allowlist_per_store() {
     // An unauthenticated caller cannot tell a refused region from a wrong secret.
     let wrong_secret = proxy
         .client()
-        .signer(Some(Signer::new(support::AKID_A1, support::SECRET_B)))
+        .signer(Some(Signer::new(support::AKID_A1, SECRET_B)))
         .post(path, &bodies::health())
         .await;
     assert_eq!(

@@ -15,19 +15,53 @@ use support::{AKID_A1, AKID_A2, Ca, Client, SECRET_A1, SECRET_A2, Signer, bodies
 
 const HEALTH: &str = "/tenant-a/kms/xks/v1/health";
 
-/// A config with TLS from `dir/server-*.pem`, the given credentials and log level.
+/// The bearer token `POST /admin/reload` needs in these tests.
+const RELOAD_TOKEN: &str = "reload-token-for-tests-0123456789abcdef";
+
+/// A config with TLS from `dir/server-*.pem`, the given credentials and log level, and a
+/// reload token.
 fn write_config(dir: &Path, credentials: &[(&str, &str)], level: &str) -> PathBuf {
+    let token = dir.join("reload-token");
+    std::fs::write(&token, format!("{RELOAD_TOKEN}\n")).unwrap();
+    write_config_with(
+        dir,
+        credentials,
+        level,
+        &Extra {
+            admin: format!("reload_token_file = {token:?}\n"),
+            ..Extra::default()
+        },
+    )
+}
+
+/// TOML added to sections of the test config.
+#[derive(Default)]
+struct Extra {
+    server: String,
+    admin: String,
+    store: String,
+}
+
+fn write_config_with(
+    dir: &Path,
+    credentials: &[(&str, &str)],
+    level: &str,
+    extra: &Extra,
+) -> PathBuf {
     let pin = dir.join("pin");
     std::fs::write(&pin, softhsm::USER_PIN).unwrap();
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificate_chain = {:?}\nprivate_key = {:?}\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}[server.tls]\ncertificate_chain = {:?}\nprivate_key = {:?}\n\
          [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin_file = {pin:?}\n\
-         [logging]\nlevel = \"{level}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[key_stores]]\npath_prefix = \"/tenant-a\"\n",
+         [logging]\nlevel = \"{level}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\
+         [[key_stores]]\npath_prefix = \"/tenant-a\"\n{}",
+        extra.server,
         dir.join("server-chain.pem"),
         dir.join("server-key.pem"),
         softhsm::MODULE,
         softhsm::TOKEN_LABEL,
+        extra.admin,
+        extra.store,
     );
     for (id, secret) in credentials {
         toml.push_str(&format!(
@@ -43,10 +77,17 @@ fn client(server: &Server, ca: &Ca, akid: &str, secret: &str) -> Client {
     Client::tls(server.addr, ca, None).signer(Some(Signer::new(akid, secret)))
 }
 
+/// An admin request; reloads carry the bearer token.
 async fn admin(server: &Server, method: &str, path: &str) -> support::Reply {
+    let bearer = format!("Bearer {RELOAD_TOKEN}");
+    let headers: &[(&str, &str)] = if path == "/admin/reload" {
+        &[("authorization", &bearer)]
+    } else {
+        &[]
+    };
     Client::plaintext(server.admin_addr)
         .signer(None)
-        .send(method, path, &[], b"")
+        .send(method, path, headers, b"")
         .await
 }
 
@@ -235,4 +276,132 @@ async fn admin_listener_serves_probes_and_metrics_but_not_the_api() {
 
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn admin_listener_refuses_browsers_foreign_hosts_and_reloads_without_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("admin hardening CA");
+    ca.server().write(dir.path(), &ca, "server");
+    let server = Server::start(&write_config(dir.path(), &[(AKID_A1, SECRET_A1)], "info"));
+    let plain = Client::plaintext(server.admin_addr).signer(None);
+    let reload = |headers: &[(&str, &str)]| {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let plain = plain.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            plain.send("POST", "/admin/reload", &headers, b"").await
+        }
+    };
+
+    let missing = reload(&[]).await;
+    assert_eq!(missing.status, 401, "{}", missing.text());
+    assert!(missing.headers.contains_key("www-authenticate"));
+    let wrong = reload(&[("authorization", "Bearer not-the-token")]).await;
+    assert_eq!(wrong.status, 401);
+    // A cross-origin form post from a page carries Origin: refused even with the token.
+    let bearer = format!("Bearer {RELOAD_TOKEN}");
+    let from_browser = reload(&[
+        ("authorization", &bearer),
+        ("origin", "http://evil.example"),
+        ("content-type", "text/plain"),
+    ])
+    .await;
+    assert_eq!(from_browser.status, 403, "{}", from_browser.text());
+    let ok = reload(&[("authorization", &bearer)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // DNS rebinding: a page on evil.example resolved to this address sends its own Host.
+    let mut rebound = plain.clone();
+    rebound.host = format!("evil.example:{}", server.admin_addr.port());
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let reply = rebound.send("GET", path, &[], b"").await;
+        assert_eq!(reply.status, 403, "{path}: {}", reply.text());
+    }
+    let mut by_ip = plain.clone();
+    by_ip.host = server.admin_addr.to_string();
+    assert_eq!(by_ip.send("GET", "/metrics", &[], b"").await.status, 200);
+    assert_eq!(plain.send("GET", "/metrics", &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn reload_over_http_is_off_without_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("no token CA");
+    ca.server().write(dir.path(), &ca, "server");
+    let config = write_config_with(
+        dir.path(),
+        &[(AKID_A1, SECRET_A1)],
+        "info",
+        &Extra::default(),
+    );
+    let server = Server::start(&config);
+    let reply = admin(&server, "POST", "/admin/reload").await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("SIGHUP"), "{}", reply.text());
+    // SIGHUP still reloads.
+    server.hangup();
+    server.wait_for_log("configuration reloaded");
+}
+
+#[tokio::test]
+async fn reload_keeps_quota_state_and_restart_required_tracks_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("quota CA");
+    ca.server().write(dir.path(), &ca, "server");
+    let token = dir.path().join("reload-token");
+    std::fs::write(&token, RELOAD_TOKEN).unwrap();
+    let write = |max_connections: u32| {
+        write_config_with(
+            dir.path(),
+            &[(AKID_A1, SECRET_A1)],
+            "info",
+            &Extra {
+                server: format!("max_connections = {max_connections}\n"),
+                admin: format!("reload_token_file = {token:?}\n"),
+                store: "[key_stores.rate_limit]\nrequests_per_second = 1\nburst = 3\n".into(),
+            },
+        )
+    };
+    let server = Server::start(&write(100));
+    let client = client(&server, &ca, AKID_A1, SECRET_A1);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(client.post(HEALTH, &bodies::health()).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+
+    // A restart-only change is reported…
+    write(200);
+    let reply = admin(&server, "POST", "/admin/reload").await;
+    assert_eq!(
+        reply.json()["report"]["restart_required"],
+        serde_json::json!(["server.max_connections"]),
+        "{}",
+        reply.text()
+    );
+    // …and the bucket was not refilled by the reload: a fresh one would allow three more.
+    let mut served = 0;
+    for _ in 0..3 {
+        if client.post(HEALTH, &bodies::health()).await.status == 200 {
+            served += 1;
+        }
+    }
+    assert!(served < 3, "the reload refilled the quota bucket");
+
+    // Reverted: what runs matches the file again, nothing needs a restart.
+    write(100);
+    let reply = admin(&server, "POST", "/admin/reload").await;
+    assert_eq!(
+        reply.json()["report"]["restart_required"],
+        serde_json::json!([]),
+        "{}",
+        reply.text()
+    );
 }

@@ -30,6 +30,22 @@ pub struct PreAuthBudget {
 /// Budget held by one request until it is authenticated (or fails); released on drop.
 pub(super) struct Reserved(Option<OwnedSemaphorePermit>);
 
+/// Why a body was not read: the error to answer, and the unread rest of the body when it
+/// should be drained first (so that the answer arrives, see the module docs).
+pub(super) struct Refused {
+    pub(super) error: ApiError,
+    pub(super) unread: Option<Body>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            unread: None,
+        }
+    }
+}
+
 impl PreAuthBudget {
     /// A budget of `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
@@ -91,9 +107,9 @@ pub(super) async fn read_capped(
     mut body: Body,
     max: usize,
     budget: &PreAuthBudget,
-) -> Result<(Bytes, Reserved), ApiError> {
+) -> Result<(Bytes, Reserved), Refused> {
     if declared_length(parts).is_some_and(|n| n > max as u64) {
-        return Err(too_large(max));
+        return Err(too_large(max).into());
     }
     let mut reserved = Reserved(None);
     let mut buffer = Vec::new();
@@ -105,13 +121,14 @@ pub(super) async fn read_capped(
             continue; // trailers: not part of the signed body
         };
         if buffer.len() + data.len() > max {
-            return Err(too_large(max));
+            return Err(too_large(max).into());
         }
         if let Err(spent) = budget.take(&mut reserved, data.len()) {
             // Answer the throttled request intact too; draining buffers nothing.
-            drop(buffer);
-            discard(body, max).await;
-            return Err(spent);
+            return Err(Refused {
+                error: spent,
+                unread: Some(body),
+            });
         }
         buffer.extend_from_slice(&data);
     }

@@ -71,10 +71,21 @@ async fn handle(
     };
 
     // A client that never finishes its body must not hold the connection forever.
+    let body_deadline = tokio::time::Instant::now() + api.body_timeout;
     let read = body::read_capped(parts, body, api.limits.max_body_bytes, &state.pre_auth);
-    let (body, unauthenticated) = tokio::time::timeout(api.body_timeout, read)
-        .await
-        .map_err(|_| XksError::validation("the request body did not arrive in time"))??;
+    let (body, unauthenticated) = match tokio::time::timeout_at(body_deadline, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(refused)) => {
+            if let Some(unread) = refused.unread {
+                let drain = body::discard(unread, api.limits.max_body_bytes);
+                let _ = tokio::time::timeout_at(body_deadline, drain).await;
+            }
+            return Err(refused.error);
+        }
+        Err(_) => {
+            return Err(XksError::validation("the request body did not arrive in time").into());
+        }
+    };
     if let Err(err) = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now()) {
         state
             .metrics
