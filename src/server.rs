@@ -74,6 +74,9 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 flow-control window of one connection: the most request bytes hyper buffers for a
 /// connection before the application reads them (hyper's default is 1 MiB).
 pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Read buffer of an HTTP/1.1 connection (hyper's default is about 400 KiB): the request head
+/// must fit; body bytes are read into it only as the application asks for them.
+pub const H1_MAX_BUFFER: usize = 64 * 1024;
 /// HTTP/2 flow-control window of one stream (the protocol's default).
 pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
 
@@ -291,7 +294,11 @@ fn http_builder(options: &ServeOptions) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     // The timer enables hyper's HTTP/1 header read timeout (30 s by default) against
     // slow-loris clients; keep-alive is hyper's default.
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(H1_MAX_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -1034,3 +1034,67 @@ async fn uri_3_a_key_store_quota_answers_throttling_when_exhausted() {
         .await
         .assert_ok();
 }
+
+/// A backend whose every call panics: a bug, not an HSM failure.
+struct PanickingBackend;
+
+impl xks_proxy::hsm::KeyBackend for PanickingBackend {
+    fn key_metadata(
+        &self,
+        _: xks_proxy::xks::ExternalKeyId,
+        _: std::time::Instant,
+    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::KeyMetadata> {
+        Box::pin(async { panic!("simulated handler bug") })
+    }
+
+    fn encrypt(
+        &self,
+        _: xks_proxy::xks::ExternalKeyId,
+        _: xks_proxy::hsm::EncryptRequest,
+        _: std::time::Instant,
+    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::GcmCiphertext> {
+        Box::pin(async { panic!("simulated handler bug") })
+    }
+
+    fn decrypt(
+        &self,
+        _: xks_proxy::xks::ExternalKeyId,
+        _: xks_proxy::hsm::DecryptRequest,
+        _: std::time::Instant,
+    ) -> xks_proxy::hsm::BackendFuture<'_, zeroize::Zeroizing<Vec<u8>>> {
+        Box::pin(async { panic!("simulated handler bug") })
+    }
+
+    fn health(
+        &self,
+        _: std::time::Instant,
+    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::HsmHealth> {
+        Box::pin(async { panic!("simulated handler bug") })
+    }
+}
+
+/// ERR-5 and the audit log: a handler that panics answers 500 InternalException, the
+/// connection survives, and the request is still counted and audited (before the fix it
+/// vanished from `xks_requests_total` and the audit log).
+#[tokio::test]
+async fn a_panicking_handler_still_writes_its_audit_record() {
+    let proxy = ProxyBuilder {
+        backend: Some(std::sync::Arc::new(PanickingBackend)),
+        ..Default::default()
+    }
+    .start()
+    .await;
+    let client = proxy.client();
+    let mut conn = client.connect().await.unwrap();
+    let headers = [("content-type", "application/json")];
+    let path = "/tenant-a/kms/xks/v1/keys/any-key/metadata";
+    for _ in 0..2 {
+        conn.send(&client, "POST", path, &headers, &bodies::metadata())
+            .await
+            .assert_error(500, "InternalException");
+    }
+    let text = proxy.metrics.render_text();
+    let series = r#"xks_requests_total{key_store="tenant-a",operation="GetKeyMetadata",status="500",error_name="InternalException"}"#;
+    assert_eq!(sample(&text, series), Some(2.0), "{series} in\n{text}");
+    assert_eq!(sample(&text, "xks_requests_in_flight"), Some(0.0), "{text}");
+}

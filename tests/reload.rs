@@ -405,3 +405,28 @@ async fn reload_keeps_quota_state_and_restart_required_tracks_what_runs() {
         reply.text()
     );
 }
+
+/// Issue 7 item 4: an admin listener that is not on loopback is valid but loud, in
+/// `check-config` and in the startup log.
+#[test]
+fn an_exposed_admin_listener_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("exposed admin CA");
+    ca.server().write(dir.path(), &ca, "server");
+    let config = write_config(dir.path(), &[(AKID_A1, SECRET_A1)], "info");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"0.0.0.0:0\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = support::binary::run(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: admin.listen = 0.0.0.0:0 is not a loopback address"),
+        "{stderr}"
+    );
+    let server = Server::start(&config);
+    let line = server.wait_for_log("is not a loopback address");
+    assert!(line.contains("\"WARN\""), "{line}");
+}

@@ -184,9 +184,6 @@ fn log_startup(
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let addr = local(listener);
     let admin_addr = local(admin);
-    for warning in settings.warnings() {
-        tracing::warn!("{warning}");
-    }
     let transport = match &settings.server.transport {
         Transport::Tls(tls) => match &tls.client_auth {
             ClientAuth::Disabled => "https".to_owned(),
@@ -229,6 +226,9 @@ fn log_startup(
         hsm_model = %format!("{} {}", identity.manufacturer, identity.model_description()),
         "xks-proxy started"
     );
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
