@@ -428,43 +428,13 @@ fn mt_7_curl_sees_handshake_failure_for_a_wrong_client_certificate() {
 
     let wrong = client_ca.client("cks.kms.us-east-1.example.com", &[]);
     let (cert, key) = wrong.write(dir.path(), &client_ca, "wrong");
-    let out = Command::new("curl")
-        .args(["-v", "--max-time", "20", "--cacert"])
-        .arg(&ca_file)
-        .args([
-            "--resolve",
-            &format!("localhost:{}:127.0.0.1", server.addr.port()),
-        ])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args(["-X", "POST", "--data", "{}"])
-        .arg(format!(
-            "https://localhost:{}/tenant-a/kms/xks/v1/health",
-            server.addr.port()
-        ))
-        .output()
-        .unwrap();
+    let out = curl_health_with_cert(&server, &ca_file, Some((&cert, &key)));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TLS alert, handshake failure"), "{stderr}");
 
     // No certificate at all: refused too, and counted like the wrong one.
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(&ca_file)
-        .args([
-            "--resolve",
-            &format!("localhost:{}:127.0.0.1", server.addr.port()),
-        ])
-        .args(["-X", "POST", "--data", "{}"])
-        .arg(format!(
-            "https://localhost:{}/tenant-a/kms/xks/v1/health",
-            server.addr.port()
-        ))
-        .output()
-        .unwrap();
+    let out = curl_health_with_cert(&server, &ca_file, None);
     assert!(!out.status.success());
     let metrics = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -476,4 +446,29 @@ fn mt_7_curl_sees_handshake_failure_for_a_wrong_client_certificate() {
         metrics.contains(r#"xks_authentication_failures_total{key_store="none",reason="mtls"} 2"#),
         "{metrics}"
     );
+}
+
+/// `curl -v -X POST` of an empty health request, with a client certificate and key or none.
+fn curl_health_with_cert(
+    server: &Server,
+    ca_file: &Path,
+    cert_and_key: Option<(&Path, &Path)>,
+) -> std::process::Output {
+    let mut curl = Command::new("curl");
+    curl.args(["-v", "--max-time", "20", "--cacert"])
+        .arg(ca_file)
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ]);
+    if let Some((cert, key)) = cert_and_key {
+        curl.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    curl.args(["-X", "POST", "--data", "{}"])
+        .arg(format!(
+            "https://localhost:{}/tenant-a/kms/xks/v1/health",
+            server.addr.port()
+        ))
+        .output()
+        .unwrap()
 }

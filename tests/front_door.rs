@@ -131,15 +131,21 @@ fn early_errors_reach_curl_over_h2_and_http1_for_every_body_size() {
     assert!(lost.is_empty(), "answers lost by curl: {lost:?}");
 }
 
-/// Opens a TLS connection with ALPN h2 and sends only the preface and SETTINGS.
-async fn idle_h2_over_tls(server: &Server, ca: &Ca) -> tokio_rustls::client::TlsStream<TcpStream> {
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection that offers only ALPN h2.
+async fn tls_h2(server: &Server, ca: &Ca) -> TlsStream {
     let config = support::client::client_config(ca, None, &[b"h2"]);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let mut tls = connector
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens a TLS connection with ALPN h2 and sends only the preface and SETTINGS.
+async fn idle_h2_over_tls(server: &Server, ca: &Ca) -> TlsStream {
+    let mut tls = tls_h2(server, ca).await;
     tls.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
     tls.flush().await.unwrap();
     tls
@@ -292,12 +298,7 @@ async fn a_stream_flood_stays_within_the_pre_authentication_budget() {
     let mut streams = tokio::task::JoinSet::new();
     let mut senders = Vec::new();
     for _ in 0..12 {
-        let config = support::client::client_config(&ca, None, &[b"h2"]);
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = tls_h2(&server, &ca).await;
         let (send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
