@@ -131,6 +131,42 @@ fn early_errors_reach_curl_over_h2_and_http1_for_every_body_size() {
     assert!(lost.is_empty(), "answers lost by curl: {lost:?}");
 }
 
+/// Item 1 with hyper's own clients: twenty 404s in a row with a body one byte short of the cap
+/// on one keep-alive connection, over HTTP/2 and HTTP/1.1; every answer arrives and the
+/// connection stays usable.
+#[tokio::test]
+async fn early_errors_reach_hyper_clients_on_one_keep_alive_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("hyper early error CA");
+    let server = Server::start(&config(dir.path(), &ca, ""));
+    let body = vec![b'a'; 128 * 1024 - 1];
+    let headers = [("content-type", "application/json")];
+    for h2 in [true, false] {
+        let client = if h2 {
+            Client::tls(server.addr, &ca, None).http2()
+        } else {
+            Client::tls_http1_only(server.addr, &ca)
+        }
+        .signer(None);
+        let mut conn = client.connect().await.unwrap();
+        assert_eq!(conn.is_h2(), h2);
+        for _ in 0..20 {
+            conn.send(&client, "POST", "/nope/kms/xks/v1/health", &headers, &body)
+                .await
+                .assert_error(404, "InvalidUriPathException");
+            conn.send(
+                &client,
+                "PUT",
+                "/tenant-a/kms/xks/v1/health",
+                &headers,
+                &body,
+            )
+            .await
+            .assert_error(405, "UnsupportedOperationException");
+        }
+    }
+}
+
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS connection that offers only ALPN h2.

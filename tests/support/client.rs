@@ -119,6 +119,14 @@ impl Client {
         }
     }
 
+    /// A TLS client trusting `ca` that offers only `http/1.1` in ALPN.
+    pub fn tls_http1_only(addr: SocketAddr, ca: &Ca) -> Self {
+        Self {
+            tls: Some(Arc::new(client_config(ca, None, &[b"http/1.1"]))),
+            ..Self::plaintext(addr)
+        }
+    }
+
     pub fn http2(mut self) -> Self {
         self.http2 = true;
         self
