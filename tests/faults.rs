@@ -24,6 +24,7 @@ const TIMEOUT_MS: u64 = 200;
 struct Faulty {
     server: Server,
     control: PathBuf,
+    config: PathBuf,
     ca: Ca,
     key: String,
     _dir: tempfile::TempDir,
@@ -64,6 +65,7 @@ impl Faulty {
         Self {
             server,
             control,
+            config,
             ca,
             key,
             _dir: dir,
@@ -292,4 +294,37 @@ async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
         "MEASURE SIGTERM with a hung HSM call -> exit after {:?}",
         started.elapsed()
     );
+}
+
+/// Key hygiene: `keys create` locks keys with `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false`;
+/// a token that rejects one of them (`CKR_ATTRIBUTE_TYPE_INVALID`) still gets a working key,
+/// without that attribute, and the command says so.
+#[tokio::test]
+async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attribute() {
+    let hsm = Faulty::start(1, 4);
+    hsm.set("fail C_GenerateKey CKR_ATTRIBUTE_TYPE_INVALID once\n");
+    let label = softhsm::unique_label("unlockable");
+    let out = std::process::Command::new(support::binary::BIN)
+        .args(["keys", "create", "--config"])
+        .arg(&hsm.config)
+        .args(["--label", &label])
+        .env("SOFTHSM2_CONF", &softhsm::token().conf)
+        .env("XKS_FAULT_CONTROL", &hsm.control)
+        .env("XKS_FAULT_REAL_MODULE", softhsm::MODULE)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CKA_COPYABLE") && stderr.contains("CKR_ATTRIBUTE_TYPE_INVALID"),
+        "{stderr}"
+    );
+    hsm.set("");
+    hsm.client()
+        .post(
+            &format!("/t/kms/xks/v1/keys/{label}/encrypt"),
+            &bodies::encrypt(b"fallback", None, false),
+        )
+        .await
+        .assert_ok();
 }

@@ -1,10 +1,20 @@
 //! Key lookup by `CKA_LABEL` and the shared handle cache (checklist URI-7, URI-8, K-2…K-4).
 //!
-//! An external key id names the one token object whose `CKA_LABEL` equals it. No match is
-//! [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never guesses.
-//! Token object handles are valid in every session of the application, so found handles are
-//! cached by label together with the immutable class, key type and size. A cached handle that
-//! the HSM rejects as invalid is dropped and the lookup repeated once ([`with_key`]).
+//! An external key id names the one *private* token object whose `CKA_LABEL` equals it. No
+//! match is [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never
+//! guesses. Token object handles are valid in every session of the application, so found
+//! handles are cached by label together with the immutable class, key type and size. A cached
+//! handle that the HSM rejects as invalid is dropped and the lookup repeated once
+//! ([`with_key`]).
+//!
+//! Key hygiene ("key squatting"): anyone who can open a session on the token can create a
+//! public object (`CKA_PRIVATE=false`) without the PIN, e.g. a secret key whose value they
+//! chose, under any label. Serving it would encrypt customer data under a key the attacker
+//! knows. So the search template itself asks for `CKA_PRIVATE=true` (public objects can
+//! neither take over nor block a real key's label), and a found key is served only if it is
+//! also `CKA_SENSITIVE` and not `CKA_EXTRACTABLE` ([`KeyProtection`]); anything else answers
+//! [`HsmError::KeyNotFound`], like a missing key. Both checks ride on the one lookup the cache
+//! already does: a cached key costs no extra PKCS#11 call per request.
 
 use std::collections::HashMap;
 
@@ -19,7 +29,48 @@ use crate::hsm::{HsmError, KeySpec, KeyUsage, Pkcs11Failure, Tier};
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
-/// Immutable attributes of a key object, read once and cached with its handle.
+/// How a key object is protected on its token, from `CKA_PRIVATE`, `CKA_SENSITIVE` and
+/// `CKA_EXTRACTABLE` (an attribute the object lacks counts as the unsafe value).
+///
+/// The proxy serves only keys that are private, sensitive and never extractable: a public
+/// object can be planted by anyone with token access, and the value of a readable or
+/// extractable key can leave the HSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyProtection {
+    /// `CKA_PRIVATE`: visible and usable only after a login.
+    pub private: bool,
+    /// `CKA_SENSITIVE`: the value can never be read in plaintext.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`: the value can be wrapped out of the token.
+    pub extractable: bool,
+}
+
+impl KeyProtection {
+    /// Whether the proxy may serve a key protected like this.
+    pub fn is_servable(self) -> bool {
+        self.problems().is_empty()
+    }
+
+    /// Why the proxy refuses a key protected like this, in attribute order; empty when it
+    /// is servable.
+    pub fn problems(self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if !self.private {
+            problems.push("not private (CKA_PRIVATE=false)");
+        }
+        if !self.sensitive {
+            problems.push("not sensitive (CKA_SENSITIVE=false)");
+        }
+        if self.extractable {
+            problems.push("extractable (CKA_EXTRACTABLE=true)");
+        }
+        problems
+    }
+}
+
+/// Attributes of a key object, read once and cached with its handle: the class, key type
+/// and size never change, and a cached key is protected in a way only a logged-in user could
+/// weaken (and keys the proxy makes are not modifiable at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct KeyInfo {
     /// `CKA_CLASS`.
@@ -28,6 +79,8 @@ pub(super) struct KeyInfo {
     pub(super) key_type: Option<KeyType>,
     /// `CKA_VALUE_LEN` in bytes, present on secret keys.
     pub(super) value_len: Option<u64>,
+    /// `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_EXTRACTABLE`.
+    pub(super) protection: KeyProtection,
 }
 
 impl KeyInfo {
@@ -80,6 +133,10 @@ pub(super) struct KeyCache {
 
 impl KeyCache {
     /// The cached key for `label`, or a fresh lookup on `session` that fills the cache.
+    ///
+    /// Only a key that passes the hygiene check ([`KeyProtection::is_servable`]) is cached
+    /// and returned; any other answers [`HsmError::KeyNotFound`], logged with the reason once
+    /// per lookup (never cached, so fixing the key's attributes takes effect at once).
     pub(super) fn get(
         &self,
         session: &Session,
@@ -91,6 +148,15 @@ impl KeyCache {
             return Ok(*key);
         }
         let key = find(session, metrics, label, op)?;
+        let problems = key.info.protection.problems();
+        if !problems.is_empty() {
+            tracing::warn!(
+                key = %label, operation = op.as_str(), problems = %problems.join(", "),
+                "refusing to serve a key that is not private, sensitive and non-extractable; \
+                 answering KeyNotFound"
+            );
+            return Err(HsmError::KeyNotFound);
+        }
         self.map.write().insert(label.clone(), key);
         Ok(key)
     }
@@ -132,7 +198,12 @@ pub(super) fn with_key<T>(
     }
 }
 
-/// Finds the one token object labelled `label` and reads its immutable attributes.
+/// Finds the one private token object labelled `label` and reads its attributes, whatever
+/// its protection: callers that serve keys go through [`KeyCache::get`], which checks it.
+///
+/// Public objects are not even considered (`CKA_PRIVATE=true` is part of the search), so a
+/// planted public object can neither be served nor make a real key's label ambiguous. Two
+/// private objects with the label are still [`HsmError::AmbiguousKey`].
 pub(super) fn find(
     session: &Session,
     metrics: &Metrics,
@@ -142,6 +213,7 @@ pub(super) fn find(
     let template = [
         Attribute::Label(label.as_str().as_bytes().to_vec()),
         Attribute::Token(true),
+        Attribute::Private(true),
     ];
     // find_objects always ends with C_FindObjectsFinal, also on error.
     let handles = call(metrics, "C_FindObjects", op, || {
@@ -150,6 +222,7 @@ pub(super) fn find(
     match handles.as_slice() {
         [] => {
             ensure_logged_in(session, metrics, op)?;
+            report_public_objects(session, metrics, label, op)?;
             Err(HsmError::KeyNotFound)
         }
         [handle] => Ok(CachedKey {
@@ -165,7 +238,35 @@ pub(super) fn find(
     }
 }
 
-/// Reads class, key type and value length of an object.
+/// On a miss, says in the log when only non-private objects carry `label`: an operator's key
+/// made public by mistake, or a squatter. They stay ignored. Runs only when the lookup found
+/// nothing (never for a served key), and costs one more search then.
+fn report_public_objects(
+    session: &Session,
+    metrics: &Metrics,
+    label: &ExternalKeyId,
+    op: Operation,
+) -> Result<(), HsmError> {
+    let template = [
+        Attribute::Label(label.as_str().as_bytes().to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(false),
+    ];
+    let public = call(metrics, "C_FindObjects", op, || {
+        session.find_objects(&template)
+    })?;
+    if !public.is_empty() {
+        tracing::warn!(
+            key = %label, operation = op.as_str(), count = public.len(),
+            "only public objects (CKA_PRIVATE=false) carry this key id; anyone with token \
+             access can plant those, so they are ignored"
+        );
+    }
+    Ok(())
+}
+
+/// Reads class, key type, value length and protection of an object, in one
+/// `C_GetAttributeValue` (every attribute asked for has a fixed size).
 pub(super) fn read_info(
     session: &Session,
     metrics: &Metrics,
@@ -176,14 +277,23 @@ pub(super) fn read_info(
         AttributeType::Class,
         AttributeType::KeyType,
         AttributeType::ValueLen,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
     ];
     let attributes = call(metrics, "C_GetAttributeValue", op, || {
         session.get_attributes(handle, &wanted)
     })?;
+    // Absent protection attributes count as the unsafe value.
     let mut info = KeyInfo {
         class: ObjectClass::DATA,
         key_type: None,
         value_len: None,
+        protection: KeyProtection {
+            private: false,
+            sensitive: false,
+            extractable: true,
+        },
     };
     let mut has_class = false;
     for attribute in attributes {
@@ -194,6 +304,9 @@ pub(super) fn read_info(
             }
             Attribute::KeyType(key_type) => info.key_type = Some(key_type),
             Attribute::ValueLen(len) => info.value_len = Some(*len),
+            Attribute::Private(private) => info.protection.private = private,
+            Attribute::Sensitive(sensitive) => info.protection.sensitive = sensitive,
+            Attribute::Extractable(extractable) => info.protection.extractable = extractable,
             _ => {}
         }
     }
@@ -274,6 +387,50 @@ mod tests {
             class,
             key_type,
             value_len,
+            protection: LOCKED,
+        }
+    }
+
+    const LOCKED: KeyProtection = KeyProtection {
+        private: true,
+        sensitive: true,
+        extractable: false,
+    };
+
+    #[test]
+    fn key_hygiene_only_private_sensitive_unextractable_keys_are_servable() {
+        assert!(LOCKED.is_servable());
+        assert!(LOCKED.problems().is_empty());
+        let planted = KeyProtection {
+            private: false,
+            sensitive: false,
+            extractable: true,
+        };
+        assert!(!planted.is_servable());
+        assert_eq!(
+            planted.problems(),
+            [
+                "not private (CKA_PRIVATE=false)",
+                "not sensitive (CKA_SENSITIVE=false)",
+                "extractable (CKA_EXTRACTABLE=true)"
+            ]
+        );
+        for weakened in [
+            KeyProtection {
+                private: false,
+                ..LOCKED
+            },
+            KeyProtection {
+                sensitive: false,
+                ..LOCKED
+            },
+            KeyProtection {
+                extractable: true,
+                ..LOCKED
+            },
+        ] {
+            assert_eq!(weakened.problems().len(), 1, "{weakened:?}");
+            assert!(!weakened.is_servable());
         }
     }
 

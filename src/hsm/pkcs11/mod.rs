@@ -37,6 +37,7 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 pub use admin::KeyListing;
+pub use keys::KeyProtection;
 pub use module::ModuleContext;
 pub use token::TokenIdentity;
 
