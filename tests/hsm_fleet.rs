@@ -50,8 +50,10 @@ enum Module {
     /// SoftHSM2 itself, two sessions and the default queue per member.
     SoftHsm,
     /// The fault-injecting module in front of SoftHSM2 (its control file in
-    /// `XKS_FAULT_CONTROL`), one session and no wait queue per member: a member whose one
-    /// worker is busy answers Busy at once.
+    /// `XKS_FAULT_CONTROL`), one session and a wait queue of one per member: a member whose
+    /// one worker is stuck and whose one queue slot is taken answers Busy at once. (A queue
+    /// of zero would also answer Busy whenever a request arrives before the worker is back
+    /// from answering the previous one.)
     Faulty,
 }
 
@@ -68,7 +70,7 @@ fn isolated_on(test: &str, module: Module, body: impl FnOnce(&Path)) {
     std::fs::write(&control, "").unwrap();
     let (module_path, pool) = match module {
         Module::SoftHsm => (Path::new(MODULE), "sessions = 2"),
-        Module::Faulty => (support::faults::module(), "sessions = 1\nqueue_depth = 0"),
+        Module::Faulty => (support::faults::module(), "sessions = 1\nqueue_depth = 1"),
     };
     let config = dir.path().join("xks-proxy.toml");
     std::fs::write(
@@ -370,33 +372,35 @@ fn h_11_h_16_failing_member_is_taken_out_and_probed_back_in() {
     );
 }
 
-/// Submits a call straight to one member (not through the fleet, whose outstanding counts
-/// stay even) and makes sure the member's worker took it: with one session and no queue, a
-/// call that is not Busy at once is running.
-fn occupy<'a>(
+/// Saturates one member with calls straight to it (not through the fleet, whose outstanding
+/// counts stay even), while `C_Encrypt` hangs on its token: two accepted calls mean its one
+/// worker is stuck in one and the other fills its one queue slot, so it now answers Busy.
+fn saturate<'a>(
     member: &'a xks_proxy::hsm::pkcs11::Pkcs11Backend,
-) -> xks_proxy::hsm::BackendFuture<'a, xks_proxy::hsm::GcmCiphertext> {
+) -> Vec<xks_proxy::hsm::BackendFuture<'a, xks_proxy::hsm::GcmCiphertext>> {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
     let started = Instant::now();
-    loop {
-        let until = Instant::now() + Duration::from_secs(5);
-        let mut call = member.encrypt(key(KEY), request(b"occupies the worker"), until);
+    let mut accepted = Vec::new();
+    while accepted.len() < 2 {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut call = member.encrypt(key(KEY), request(b"saturates the member"), until);
         match call.as_mut().poll(&mut context) {
-            std::task::Poll::Pending => return call,
+            std::task::Poll::Pending => accepted.push(call),
             std::task::Poll::Ready(Err(xks_proxy::hsm::HsmError::Busy)) => {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            std::task::Poll::Ready(other) => panic!("occupying call: {:?}", other.err()),
+            std::task::Poll::Ready(other) => panic!("saturating call: {:?}", other.err()),
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "the worker never took the call"
+            "the member never took the calls"
         );
     }
+    accepted
 }
 
 /// Throttling is per member: a request the chosen member answers Busy (its one worker hung in
-/// `C_Encrypt`, no queue) is served by the idle neighbour instead of failing with
+/// `C_Encrypt`, its queue full) is served by the idle neighbour instead of failing with
 /// ThrottlingException; the busy member stays in the fleet. Only when every member is busy
 /// does the caller get Busy.
 #[test]
@@ -412,7 +416,7 @@ fn busy_member_requests_go_to_an_idle_neighbour() {
                 assert_eq!(encrypt_sequentially(&fleet, 4).await.len(), 2);
 
                 support::faults::set_rules(&control, "hang C_Encrypt token=fleet-a\n");
-                let stuck_a = occupy(fleet.members()[0].backend());
+                let stuck_a = saturate(fleet.members()[0].backend());
                 // Ties rotate between a and b, so half of these are routed to a first.
                 let served = encrypt_sequentially(&fleet, 6).await;
                 assert_eq!(served, HashSet::from(["b".to_owned()]));
@@ -422,13 +426,15 @@ fn busy_member_requests_go_to_an_idle_neighbour() {
                 );
 
                 support::faults::set_rules(&control, "hang C_Encrypt\n");
-                let stuck_b = occupy(fleet.members()[1].backend());
+                let stuck_b = saturate(fleet.members()[1].backend());
                 let all_busy = fleet.encrypt(key(KEY), request(b"x"), deadline()).await;
                 assert_eq!(all_busy.err(), Some(xks_proxy::hsm::HsmError::Busy));
                 assert!(fleet.members().iter().all(|m| !m.is_out()), "nobody is out");
 
                 support::faults::set_rules(&control, "");
-                assert!(stuck_a.await.is_ok() && stuck_b.await.is_ok());
+                for call in stuck_a.into_iter().chain(stuck_b) {
+                    call.await.unwrap();
+                }
                 assert_eq!(encrypt_sequentially(&fleet, 4).await.len(), 2);
             });
         },
