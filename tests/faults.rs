@@ -190,6 +190,45 @@ async fn recovery_session_and_login_failures_are_retried_invisibly() {
     eprintln!("MEASURE session failures lifted -> first success: {took:?}");
 }
 
+/// A worker whose session is gone and whose reopen is in backoff takes no requests: the worker
+/// that still has a session serves them all. With no session anywhere, requests fail fast
+/// (500, not a 503 at the deadline).
+#[tokio::test]
+async fn recovery_a_worker_in_reopen_backoff_leaves_requests_to_live_sessions() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    // One worker loses its session, and cannot open a new one (a request-class refusal, so
+    // no context rebuild): it stays without a session, retrying with backoff.
+    hsm.set(
+        "fail C_Encrypt CKR_SESSION_HANDLE_INVALID once\n\
+         fail C_OpenSession CKR_FUNCTION_REJECTED always\n",
+    );
+    hsm.encrypt().await.assert_error(500, "InternalException");
+    hsm.server.wait_for_log("cannot open a PKCS#11 session");
+    for i in 0..20 {
+        let reply = hsm.encrypt().await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+
+    // The other worker loses its session too: nobody can serve, and clients hear so at once.
+    hsm.set(
+        "fail C_Encrypt CKR_SESSION_HANDLE_INVALID always\n\
+         fail C_OpenSession CKR_FUNCTION_REJECTED always\n",
+    );
+    for _ in 0..4 {
+        let started = Instant::now();
+        hsm.encrypt().await.assert_error(500, "InternalException");
+        assert!(
+            started.elapsed() < Duration::from_millis(TIMEOUT_MS),
+            "must fail fast, took {:?}",
+            started.elapsed()
+        );
+    }
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE sessions reopen after backoff -> first success: {took:?}");
+}
+
 #[tokio::test]
 async fn recovery_a_removed_token_fails_fast_then_heals_without_a_restart() {
     let hsm = Faulty::start(2, 16);

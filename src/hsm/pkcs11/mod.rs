@@ -18,6 +18,7 @@ mod codes;
 mod crypto;
 mod errors;
 mod keys;
+mod liveness;
 mod module;
 mod pool;
 mod recovery;
