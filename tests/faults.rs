@@ -367,3 +367,37 @@ async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attrib
         .await
         .assert_ok();
 }
+
+/// Key hygiene over HTTP, through the real binary: keys planted without the PIN (public,
+/// readable, extractable) and private keys that can be extracted answer 404
+/// KeyNotFoundException for every operation, exactly like a missing key, and the proxy logs
+/// why at warn with the label, once per lookup.
+#[tokio::test]
+async fn key_hygiene_refused_keys_are_key_not_found_over_http() {
+    let hsm = Faulty::start(2, 16);
+    let squatted = softhsm::unique_label("squatted");
+    softhsm::plant_public_key(&squatted);
+    let extractable = softhsm::unique_label("extractable");
+    softhsm::pkcs11_tool_extractable_key(&extractable);
+    for label in [&squatted, &extractable] {
+        for (op, body) in [
+            ("metadata", bodies::metadata()),
+            ("encrypt", bodies::encrypt(b"secret", None, false)),
+        ] {
+            hsm.client()
+                .post(&format!("/t/kms/xks/v1/keys/{label}/{op}"), &body)
+                .await
+                .assert_error(404, "KeyNotFoundException");
+        }
+    }
+    // In request order: the squatted key's lookups first.
+    let public = hsm.server.wait_for_log("only public objects");
+    assert!(public.contains(&squatted), "{public}");
+    let refused = hsm.server.wait_for_log("refusing to serve a key");
+    assert!(
+        refused.contains(&extractable) && refused.contains("extractable (CKA_EXTRACTABLE=true)"),
+        "{refused}"
+    );
+    // The real key of this proxy still serves.
+    hsm.encrypt().await.assert_ok();
+}
