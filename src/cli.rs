@@ -57,7 +57,8 @@ pub struct ConfigArg {
 /// `keys …`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create an AES-256 token key: sensitive, non-extractable, with exactly the given usages.
+    /// Create an AES-256 token key: private, sensitive, non-extractable, neither modifiable
+    /// nor copyable, with exactly the given usages.
     Create {
         /// Configuration file whose `[hsm]` section names the module, token and PIN.
         #[command(flatten)]

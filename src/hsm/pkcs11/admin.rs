@@ -14,7 +14,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::Pkcs11Backend;
 use super::errors::{Operation, fail, is_stale_handle};
-use super::keys::{self, KeyProtection, read_info, read_usages};
+use super::key_info::KeyProtection;
+use super::keys::{self, read_info, read_usages};
 use super::timing::{call, timed};
 use super::token;
 use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};

@@ -17,6 +17,7 @@ mod admin;
 mod codes;
 mod crypto;
 mod errors;
+mod key_info;
 mod keys;
 mod liveness;
 mod module;
@@ -38,7 +39,7 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 pub use admin::KeyListing;
-pub use keys::KeyProtection;
+pub use key_info::KeyProtection;
 pub use module::ModuleContext;
 pub use token::TokenIdentity;
 
