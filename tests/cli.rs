@@ -134,9 +134,11 @@ fn keys_create_and_list_show_exact_usages() {
     let enc = softhsm::unique_label("cli-enc");
     let none = softhsm::unique_label("cli-none");
     for (label, usage) in [(&both, "encrypt,decrypt"), (&enc, "encrypt"), (&none, "")] {
-        let out = run(&[
-            "keys", "create", "--config", config, "--label", label, "--usage", usage,
-        ]);
+        let out = softhsm::serialised_write(|| {
+            run(&[
+                "keys", "create", "--config", config, "--label", label, "--usage", usage,
+            ])
+        });
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let dup = run(&["keys", "create", "--config", config, "--label", &both]);
@@ -174,7 +176,9 @@ fn key_hygiene_keys_list_marks_refused_keys() {
     let good = softhsm::unique_label("cli-good");
     let squat = softhsm::unique_label("cli-squat");
     let loose = softhsm::unique_label("cli-extractable");
-    let out = run(&["keys", "create", "--config", config, "--label", &good]);
+    let out = softhsm::serialised_write(|| {
+        run(&["keys", "create", "--config", config, "--label", &good])
+    });
     assert!(out.status.success(), "{}", stderr(&out));
     softhsm::plant_public_key(&squat);
     softhsm::pkcs11_tool_extractable_key(&loose);

@@ -343,15 +343,17 @@ async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attrib
     let hsm = Faulty::start(1, 4);
     hsm.set("fail C_GenerateKey CKR_ATTRIBUTE_TYPE_INVALID once\n");
     let label = softhsm::unique_label("unlockable");
-    let out = std::process::Command::new(support::binary::BIN)
-        .args(["keys", "create", "--config"])
-        .arg(&hsm.config)
-        .args(["--label", &label])
-        .env("SOFTHSM2_CONF", &softhsm::token().conf)
-        .env("XKS_FAULT_CONTROL", &hsm.control)
-        .env("XKS_FAULT_REAL_MODULE", softhsm::MODULE)
-        .output()
-        .unwrap();
+    let out = softhsm::serialised_write(|| {
+        std::process::Command::new(support::binary::BIN)
+            .args(["keys", "create", "--config"])
+            .arg(&hsm.config)
+            .args(["--label", &label])
+            .env("SOFTHSM2_CONF", &softhsm::token().conf)
+            .env("XKS_FAULT_CONTROL", &hsm.control)
+            .env("XKS_FAULT_REAL_MODULE", softhsm::MODULE)
+            .output()
+            .unwrap()
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

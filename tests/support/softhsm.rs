@@ -81,6 +81,13 @@ pub fn create_key(stem: &str, usages: &[KeyUsage]) -> String {
     label
 }
 
+/// Runs `write` (e.g. a `keys create` child process) while no other test of this process
+/// writes to the token (see [`TOKEN_WRITES`]).
+pub fn serialised_write<T>(write: impl FnOnce() -> T) -> T {
+    let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    write()
+}
+
 /// Serialises writes to the token. SoftHSM2's file store is not safe against two processes
 /// creating objects at the same moment (seen: `C_GenerateKey` → `CKR_GENERAL_ERROR` while
 /// pkcs11-tool wrote the same token), so the tests never do that.
