@@ -57,7 +57,8 @@ pub struct ConfigArg {
 /// `keys …`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create an AES-256 token key: sensitive, non-extractable, with exactly the given usages.
+    /// Create an AES-256 token key: private, sensitive, non-extractable, neither modifiable
+    /// nor copyable, with exactly the given usages.
     Create {
         /// Configuration file whose `[hsm]` section names the module, token and PIN.
         #[command(flatten)]
@@ -85,7 +86,8 @@ pub enum KeysCommand {
         #[arg(long, default_value = "encrypt,decrypt")]
         usage: String,
     },
-    /// List the secret keys on the token: label, type, size, usages.
+    /// List the keys on the token: label, type, size, usages; keys the proxy refuses to serve
+    /// (not private, not sensitive or extractable) are marked REFUSED with the reason.
     List {
         /// Configuration file whose `[hsm]` section names the module, token and PIN.
         #[command(flatten)]
@@ -284,6 +286,7 @@ fn list_keys(path: &Path) -> Result<(), String> {
         .list_keys()
         .map_err(|e| format!("cannot list keys: {e}"))?;
     println!("{:<40} {:<12} USAGES", "LABEL", "KEY SPEC");
+    let mut refused = 0usize;
     for key in keys {
         let usages: Vec<_> = key.usages.iter().map(|u| u.as_str()).collect();
         let usages = if usages.is_empty() {
@@ -291,12 +294,24 @@ fn list_keys(path: &Path) -> Result<(), String> {
         } else {
             usages.join(",")
         };
-        let note = if key.health_check {
-            "  (health-check key, not served to KMS)"
+        let problems = key.protection.problems();
+        let note = if !problems.is_empty() {
+            refused += 1;
+            format!("  REFUSED: {}; never served", problems.join(", "))
+        } else if key.health_check {
+            "  (health-check key, not served to KMS)".to_owned()
         } else {
-            ""
+            String::new()
         };
         println!("{:<40} {:<12} {usages}{note}", key.label, key.spec.as_str());
+    }
+    if refused > 0 {
+        // On stderr, so that scripts reading the table still get it unchanged.
+        eprintln!(
+            "xks-proxy: warning: {refused} key(s) marked REFUSED: the proxy refuses to serve keys \
+             that are not private, sensitive and non-extractable (anyone with token access can \
+             plant a public key under a known value); recreate them with `keys create`"
+        );
     }
     Ok(())
 }

@@ -134,9 +134,11 @@ fn keys_create_and_list_show_exact_usages() {
     let enc = softhsm::unique_label("cli-enc");
     let none = softhsm::unique_label("cli-none");
     for (label, usage) in [(&both, "encrypt,decrypt"), (&enc, "encrypt"), (&none, "")] {
-        let out = run(&[
-            "keys", "create", "--config", config, "--label", label, "--usage", usage,
-        ]);
+        let out = softhsm::serialised_write(|| {
+            run(&[
+                "keys", "create", "--config", config, "--label", label, "--usage", usage,
+            ])
+        });
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let dup = run(&["keys", "create", "--config", config, "--label", &both]);
@@ -162,4 +164,50 @@ fn keys_create_and_list_show_exact_usages() {
         list.contains(softhsm::HEALTH_KEY),
         "health key listed: {list}"
     );
+}
+
+/// Key hygiene: `keys list` marks keys the proxy refuses to serve (not private, not
+/// sensitive or extractable) instead of listing them as usable, and warns on stderr.
+#[test]
+fn key_hygiene_keys_list_marks_refused_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let good = softhsm::unique_label("cli-good");
+    let squat = softhsm::unique_label("cli-squat");
+    let loose = softhsm::unique_label("cli-extractable");
+    let out = softhsm::serialised_write(|| {
+        run(&["keys", "create", "--config", config, "--label", &good])
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    softhsm::plant_public_key(&squat);
+    softhsm::pkcs11_tool_extractable_key(&loose);
+
+    let out = run(&["keys", "list", "--config", config]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = stdout(&out);
+    let line = |label: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("{label} not in {list}"))
+            .to_owned()
+    };
+    assert!(line(&good).ends_with("ENCRYPT,DECRYPT"), "{}", line(&good));
+    let squat_line = line(&squat);
+    assert!(
+        squat_line.contains("REFUSED") && squat_line.contains("not private"),
+        "{squat_line}"
+    );
+    assert!(
+        squat_line.contains("not sensitive") && squat_line.contains("extractable"),
+        "{squat_line}"
+    );
+    let loose_line = line(&loose);
+    assert!(
+        loose_line.contains("REFUSED") && loose_line.contains("extractable"),
+        "{loose_line}"
+    );
+    assert!(!loose_line.contains("not private"), "{loose_line}");
+    let err = stderr(&out);
+    assert!(err.contains("2 key(s)") && err.contains("refuses"), "{err}");
 }

@@ -24,6 +24,7 @@ const TIMEOUT_MS: u64 = 200;
 struct Faulty {
     server: Server,
     control: PathBuf,
+    config: PathBuf,
     ca: Ca,
     key: String,
     _dir: tempfile::TempDir,
@@ -64,6 +65,7 @@ impl Faulty {
         Self {
             server,
             control,
+            config,
             ca,
             key,
             _dir: dir,
@@ -188,6 +190,45 @@ async fn recovery_session_and_login_failures_are_retried_invisibly() {
     eprintln!("MEASURE session failures lifted -> first success: {took:?}");
 }
 
+/// A worker whose session is gone and whose reopen is in backoff takes no requests: the worker
+/// that still has a session serves them all. With no session anywhere, requests fail fast
+/// (500, not a 503 at the deadline).
+#[tokio::test]
+async fn recovery_a_worker_in_reopen_backoff_leaves_requests_to_live_sessions() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    // One worker loses its session, and cannot open a new one (a request-class refusal, so
+    // no context rebuild): it stays without a session, retrying with backoff.
+    hsm.set(
+        "fail C_Encrypt CKR_SESSION_HANDLE_INVALID once\n\
+         fail C_OpenSession CKR_FUNCTION_REJECTED always\n",
+    );
+    hsm.encrypt().await.assert_error(500, "InternalException");
+    hsm.server.wait_for_log("cannot open a PKCS#11 session");
+    for i in 0..20 {
+        let reply = hsm.encrypt().await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+
+    // The other worker loses its session too: nobody can serve, and clients hear so at once.
+    hsm.set(
+        "fail C_Encrypt CKR_SESSION_HANDLE_INVALID always\n\
+         fail C_OpenSession CKR_FUNCTION_REJECTED always\n",
+    );
+    for _ in 0..4 {
+        let started = Instant::now();
+        hsm.encrypt().await.assert_error(500, "InternalException");
+        assert!(
+            started.elapsed() < Duration::from_millis(TIMEOUT_MS),
+            "must fail fast, took {:?}",
+            started.elapsed()
+        );
+    }
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE sessions reopen after backoff -> first success: {took:?}");
+}
+
 #[tokio::test]
 async fn recovery_a_removed_token_fails_fast_then_heals_without_a_restart() {
     let hsm = Faulty::start(2, 16);
@@ -292,4 +333,73 @@ async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
         "MEASURE SIGTERM with a hung HSM call -> exit after {:?}",
         started.elapsed()
     );
+}
+
+/// Key hygiene: `keys create` locks keys with `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false`;
+/// a token that rejects one of them (`CKR_ATTRIBUTE_TYPE_INVALID`) still gets a working key,
+/// without that attribute, and the command says so.
+#[tokio::test]
+async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attribute() {
+    let hsm = Faulty::start(1, 4);
+    hsm.set("fail C_GenerateKey CKR_ATTRIBUTE_TYPE_INVALID once\n");
+    let label = softhsm::unique_label("unlockable");
+    let out = softhsm::serialised_write(|| {
+        std::process::Command::new(support::binary::BIN)
+            .args(["keys", "create", "--config"])
+            .arg(&hsm.config)
+            .args(["--label", &label])
+            .env("SOFTHSM2_CONF", &softhsm::token().conf)
+            .env("XKS_FAULT_CONTROL", &hsm.control)
+            .env("XKS_FAULT_REAL_MODULE", softhsm::MODULE)
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CKA_COPYABLE") && stderr.contains("CKR_ATTRIBUTE_TYPE_INVALID"),
+        "{stderr}"
+    );
+    hsm.set("");
+    hsm.client()
+        .post(
+            &format!("/t/kms/xks/v1/keys/{label}/encrypt"),
+            &bodies::encrypt(b"fallback", None, false),
+        )
+        .await
+        .assert_ok();
+}
+
+/// Key hygiene over HTTP, through the real binary: keys planted without the PIN (public,
+/// readable, extractable) and private keys that can be extracted answer 404
+/// KeyNotFoundException for every operation, exactly like a missing key, and the proxy logs
+/// why at warn with the label, once per lookup.
+#[tokio::test]
+async fn key_hygiene_refused_keys_are_key_not_found_over_http() {
+    let hsm = Faulty::start(2, 16);
+    let squatted = softhsm::unique_label("squatted");
+    softhsm::plant_public_key(&squatted);
+    let extractable = softhsm::unique_label("extractable");
+    softhsm::pkcs11_tool_extractable_key(&extractable);
+    for label in [&squatted, &extractable] {
+        for (op, body) in [
+            ("metadata", bodies::metadata()),
+            ("encrypt", bodies::encrypt(b"secret", None, false)),
+        ] {
+            hsm.client()
+                .post(&format!("/t/kms/xks/v1/keys/{label}/{op}"), &body)
+                .await
+                .assert_error(404, "KeyNotFoundException");
+        }
+    }
+    // In request order: the squatted key's lookups first.
+    let public = hsm.server.wait_for_log("only public objects");
+    assert!(public.contains(&squatted), "{public}");
+    let refused = hsm.server.wait_for_log("refusing to serve a key");
+    assert!(
+        refused.contains(&extractable) && refused.contains("extractable (CKA_EXTRACTABLE=true)"),
+        "{refused}"
+    );
+    // The real key of this proxy still serves.
+    hsm.encrypt().await.assert_ok();
 }

@@ -80,6 +80,7 @@ fn raw_aes_key(session: &Session, label: &str, len: u64) -> ObjectHandle {
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
+        Attribute::Extractable(false),
         Attribute::Encrypt(true),
         Attribute::Decrypt(true),
         // SoftHSM defaults the other usage flags to true.
@@ -309,6 +310,121 @@ hsm_test! {
     }
 }
 
+/// Generates a private AES-256 token key with the given `CKA_SENSITIVE` and
+/// `CKA_EXTRACTABLE`, as a careless operator's tool might.
+fn raw_key_with(session: &Session, label: &str, sensitive: bool, extractable: bool) {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(extractable),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap();
+}
+
+/// Every customer operation on `label` answers KeyNotFound.
+async fn assert_not_served(label: &str) {
+    let metadata = backend().key_metadata(key_id(label), deadline()).await;
+    assert_eq!(
+        metadata.err(),
+        Some(HsmError::KeyNotFound),
+        "{label}: metadata"
+    );
+    assert_eq!(
+        encrypt(label, b"data", b"").await.err(),
+        Some(HsmError::KeyNotFound),
+        "{label}"
+    );
+    let opened = decrypt_parts(label, b"data", &[1; 12], [2; 16], b"").await;
+    assert_eq!(
+        opened.err(),
+        Some(HsmError::KeyNotFound),
+        "{label}: decrypt"
+    );
+}
+
+hsm_test! {
+    /// Key hygiene ("key squatting"): a public, non-sensitive, extractable secret key that
+    /// anyone with token access can plant without the PIN is never served, even though its
+    /// label matches: the planter knows its value.
+    async fn key_hygiene_a_public_key_planted_without_login_is_not_found() {
+        softhsm::plant_public_key("squatted-key", &[0x42; 32]);
+        // It really is on the token, visible to the backend's logged-in sessions.
+        let session = raw_session();
+        let handles = find_raw(&session, "squatted-key");
+        assert_eq!(handles.len(), 1);
+        let wanted = [AttributeType::Private, AttributeType::Sensitive, AttributeType::Extractable];
+        assert_eq!(
+            session.get_attributes(handles[0], &wanted).unwrap(),
+            [Attribute::Private(false), Attribute::Sensitive(false), Attribute::Extractable(true)]
+        );
+        assert_not_served("squatted-key").await;
+        // The admin listing shows it, as refused.
+        let listed = backend().list_keys().unwrap();
+        let squatter = listed.iter().find(|k| k.label == "squatted-key").unwrap();
+        assert!(!squatter.protection.is_servable());
+        assert_eq!(squatter.protection.problems().len(), 3);
+        // A real key can still be made under that label; the squatter does not block it.
+        new_key("squatted-key", ENCRYPT_DECRYPT);
+        let sealed = encrypt("squatted-key", b"real", b"").await.unwrap();
+        assert_eq!(decrypt("squatted-key", &sealed, b"").await.unwrap(), b"real");
+    }
+}
+
+hsm_test! {
+    /// Key hygiene: a private key is refused too unless it is also sensitive and never
+    /// extractable; such a key's value can leave the HSM.
+    async fn key_hygiene_private_but_extractable_or_readable_keys_are_refused() {
+        let session = raw_session();
+        raw_key_with(&session, "extractable-key", true, true);
+        raw_key_with(&session, "readable-key", false, false);
+        raw_key_with(&session, "compliant-key", true, false);
+        assert_not_served("extractable-key").await;
+        assert_not_served("readable-key").await;
+        let sealed = encrypt("compliant-key", b"fine", b"").await.unwrap();
+        assert_eq!(decrypt("compliant-key", &sealed, b"").await.unwrap(), b"fine");
+    }
+}
+
+hsm_test! {
+    /// Key hygiene: a public object planted with the label of a real (private) key neither
+    /// hijacks it (the real key does the crypto) nor blocks it (no "ambiguous" answer).
+    async fn key_hygiene_a_public_squatter_cannot_hijack_or_block_a_real_key() {
+        new_key("victim-key", ENCRYPT_DECRYPT);
+        softhsm::plant_public_key("victim-key", &[0x42; 32]);
+        let session = raw_session();
+        let handles = find_raw(&session, "victim-key");
+        assert_eq!(handles.len(), 2, "the squatter is on the token");
+
+        let metadata = backend().key_metadata(key_id("victim-key"), deadline()).await.unwrap();
+        assert_eq!(metadata.spec, KeySpec::Aes256);
+        let sealed = encrypt("victim-key", b"for the real key only", b"aad").await.unwrap();
+        assert_eq!(decrypt("victim-key", &sealed, b"aad").await.unwrap(), b"for the real key only");
+
+        // The ciphertext was not made under the squatter's (known) value.
+        let squatter = handles
+            .into_iter()
+            .find(|h| {
+                session.get_attributes(*h, &[AttributeType::Private]).unwrap()
+                    == [Attribute::Private(false)]
+            })
+            .unwrap();
+        let mut iv = sealed.iv.to_vec();
+        let params = GcmParams::new(&mut iv, b"aad", 128.into()).unwrap();
+        let mut input = sealed.ciphertext.clone();
+        input.extend_from_slice(&sealed.tag);
+        assert!(session.decrypt(&Mechanism::AesGcm(params), squatter, &input).is_err());
+    }
+}
+
 hsm_test! {
     /// K-10, URI-8: an unknown key id is KeyNotFound for every operation.
     async fn unknown_key_is_not_found() {
@@ -503,6 +619,7 @@ hsm_test! {
             AttributeType::Extractable, AttributeType::Id, AttributeType::Encrypt,
             AttributeType::Decrypt, AttributeType::Sign, AttributeType::Verify,
             AttributeType::Wrap, AttributeType::Unwrap, AttributeType::Derive,
+            AttributeType::Modifiable, AttributeType::Copyable,
         ];
         let attributes = session.get_attributes(handles[0], &wanted).unwrap();
         let expected = [
@@ -521,6 +638,10 @@ hsm_test! {
             Attribute::Wrap(false),
             Attribute::Unwrap(false),
             Attribute::Derive(false),
+            // Nobody, not even a logged-in user, can loosen the key later or copy it into
+            // an object with weaker attributes.
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
         ];
         assert_eq!(attributes, expected);
 
@@ -532,6 +653,38 @@ hsm_test! {
         assert_eq!(listed[0].spec, KeySpec::Aes256);
         assert_eq!(listed[0].usages, [Encrypt, Sign]);
         assert!(!listed[0].health_check);
+    }
+}
+
+hsm_test! {
+    /// Key hygiene: every key the proxy makes (`keys create`, `keys import`, the health key
+    /// made at startup) is private, sensitive, never extractable, and can be neither modified
+    /// nor copied.
+    async fn key_hygiene_keys_the_proxy_makes_are_locked() {
+        new_key("locked-created", ENCRYPT_DECRYPT);
+        backend()
+            .import_key(&key_id("locked-imported"), &Zeroizing::new([7; 32]), ENCRYPT_DECRYPT)
+            .unwrap();
+        let session = raw_session();
+        let wanted = [
+            AttributeType::Private, AttributeType::Sensitive, AttributeType::Extractable,
+            AttributeType::Modifiable, AttributeType::Copyable,
+        ];
+        let locked = [
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
+        ];
+        for label in ["locked-created", "locked-imported", HEALTH_KEY] {
+            let handles = find_raw(&session, label);
+            assert_eq!(handles.len(), 1, "{label}");
+            assert_eq!(session.get_attributes(handles[0], &wanted).unwrap(), locked, "{label}");
+        }
+        // The imported key works: locked does not mean unusable.
+        let sealed = encrypt("locked-imported", b"imported", b"").await.unwrap();
+        assert_eq!(decrypt("locked-imported", &sealed, b"").await.unwrap(), b"imported");
     }
 }
 

@@ -41,6 +41,24 @@ const CONFIG: &str = "XKS_FLEET_CONFIG";
 
 /// Parent: two tokens, a fleet config and an imported key, then `body` in a child process.
 fn isolated(test: &str, body: impl FnOnce(&Path)) {
+    isolated_on(test, Module::SoftHsm, body);
+}
+
+/// The PKCS#11 module the fleet's members are on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Module {
+    /// SoftHSM2 itself, two sessions and the default queue per member.
+    SoftHsm,
+    /// The fault-injecting module in front of SoftHSM2 (its control file in
+    /// `XKS_FAULT_CONTROL`), one session and a wait queue of one per member: a member whose
+    /// one worker is stuck and whose one queue slot is taken answers Busy at once. (A queue
+    /// of zero would also answer Busy whenever a request arrives before the worker is back
+    /// from answering the previous one.)
+    Faulty,
+}
+
+/// [`isolated`] on the given module.
+fn isolated_on(test: &str, module: Module, body: impl FnOnce(&Path)) {
     if std::env::var(CHILD).as_deref() == Ok(test) {
         let config = std::env::var(CONFIG).unwrap();
         body(Path::new(&config));
@@ -48,6 +66,12 @@ fn isolated(test: &str, body: impl FnOnce(&Path)) {
     }
     let dir = tempfile::tempdir().unwrap();
     let conf = support::softhsm::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
+    let control = dir.path().join("faults");
+    std::fs::write(&control, "").unwrap();
+    let (module_path, pool) = match module {
+        Module::SoftHsm => (Path::new(MODULE), "sessions = 2"),
+        Module::Faulty => (support::faults::module(), "sessions = 1\nqueue_depth = 1"),
+    };
     let config = dir.path().join("xks-proxy.toml");
     std::fs::write(
         &config,
@@ -57,9 +81,9 @@ fn isolated(test: &str, body: impl FnOnce(&Path)) {
 listen = "127.0.0.1:0"
 plaintext_behind_load_balancer = true
 [hsm]
-module = "{MODULE}"
+module = {module_path:?}
 user_pin = "{PIN}"
-sessions = 2
+{pool}
 health_key_label = "{HEALTH_KEY}"
 [[hsm.members]]
 id = "a"
@@ -82,6 +106,7 @@ secret = "GfHQzWbmSw4uRGZqKo5nhQKE+ILlcOt7VEqNdWCtuLY="
             .arg(&config)
             .args(["--label", label])
             .env("SOFTHSM2_CONF", &conf)
+            .env("XKS_FAULT_REAL_MODULE", MODULE)
             .output()
             .unwrap()
     };
@@ -101,6 +126,8 @@ secret = "GfHQzWbmSw4uRGZqKo5nhQKE+ILlcOt7VEqNdWCtuLY="
     let output = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("SOFTHSM2_CONF", &conf)
+        .env("XKS_FAULT_REAL_MODULE", MODULE)
+        .env("XKS_FAULT_CONTROL", &control)
         .env(CONFIG, &config)
         .env(CHILD, test)
         .output()
@@ -343,4 +370,88 @@ fn h_11_h_16_failing_member_is_taken_out_and_probed_back_in() {
             });
         },
     );
+}
+
+/// Saturates one member with calls straight to it (not through the fleet, whose outstanding
+/// counts stay even), while `C_Encrypt` hangs on its token: two accepted calls mean its one
+/// worker is stuck in one and the other fills its one queue slot, so it now answers Busy.
+fn saturate<'a>(
+    member: &'a xks_proxy::hsm::pkcs11::Pkcs11Backend,
+) -> Vec<xks_proxy::hsm::BackendFuture<'a, xks_proxy::hsm::GcmCiphertext>> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let started = Instant::now();
+    let mut accepted = Vec::new();
+    while accepted.len() < 2 {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut call = member.encrypt(key(KEY), request(b"saturates the member"), until);
+        match call.as_mut().poll(&mut context) {
+            std::task::Poll::Pending => accepted.push(call),
+            std::task::Poll::Ready(Err(xks_proxy::hsm::HsmError::Busy)) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::task::Poll::Ready(other) => panic!("saturating call: {:?}", other.err()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the member never took the calls"
+        );
+    }
+    accepted
+}
+
+/// Throttling is per member: a request the chosen member answers Busy (its one worker hung in
+/// `C_Encrypt`, its queue full) is served by the idle neighbour instead of failing with
+/// ThrottlingException; the busy member stays in the fleet. Only when every member is busy
+/// does the caller get Busy.
+#[test]
+fn busy_member_requests_go_to_an_idle_neighbour() {
+    isolated_on(
+        "busy_member_requests_go_to_an_idle_neighbour",
+        Module::Faulty,
+        |config| {
+            block_on(async {
+                let control = std::path::PathBuf::from(std::env::var("XKS_FAULT_CONTROL").unwrap());
+                let fleet = open_fleet(config);
+                // Both members serve (and have the key's handle cached) before the fault.
+                assert_eq!(encrypt_sequentially(&fleet, 4).await.len(), 2);
+
+                support::faults::set_rules(&control, "hang C_Encrypt token=fleet-a\n");
+                let stuck_a = saturate(fleet.members()[0].backend());
+                // Ties rotate between a and b, so half of these are routed to a first.
+                let served = encrypt_sequentially(&fleet, 6).await;
+                assert_eq!(served, HashSet::from(["b".to_owned()]));
+                assert!(
+                    !fleet.members()[0].is_out(),
+                    "a busy member is healthy, not out"
+                );
+
+                support::faults::set_rules(&control, "hang C_Encrypt\n");
+                let stuck_b = saturate(fleet.members()[1].backend());
+                let all_busy = fleet.encrypt(key(KEY), request(b"x"), deadline()).await;
+                assert_eq!(all_busy.err(), Some(xks_proxy::hsm::HsmError::Busy));
+                assert!(fleet.members().iter().all(|m| !m.is_out()), "nobody is out");
+
+                support::faults::set_rules(&control, "");
+                for call in stuck_a.into_iter().chain(stuck_b) {
+                    call.await.unwrap();
+                }
+                assert_eq!(encrypt_sequentially(&fleet, 4).await.len(), 2);
+            });
+        },
+    );
+}
+
+/// Encrypts `n` times one after the other; returns the members that served. Every call must
+/// succeed.
+async fn encrypt_sequentially(fleet: &FleetBackend, n: usize) -> HashSet<String> {
+    let mut served = HashSet::new();
+    for i in 0..n {
+        let (result, member) =
+            recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())).await;
+        if let Err(err) = result {
+            panic!("request {i} (member {member:?}): {err:?}");
+        }
+        served.insert(member.unwrap());
+    }
+    served
 }

@@ -43,7 +43,8 @@ impl fmt::Display for Pkcs11Failure {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HsmError {
-    /// No object carries the requested label.
+    /// No private object carries the requested label, or the one that does is not sensitive
+    /// or is extractable (key hygiene): the caller cannot tell the two apart, the log can.
     #[error("no key with this id exists in the HSM")]
     KeyNotFound,
     /// Several objects carry the label; the proxy never guesses (URI-8).

@@ -9,6 +9,11 @@
 //! retried once on another member if the deadline allows: GetKeyMetadata and Decrypt are
 //! read-only, and an Encrypt repeated under a fresh IV leaves nothing behind on the HSM.
 //!
+//! A member answering [`HsmError::Busy`] (its wait queue is full) is healthy, just loaded: it
+//! stays in, and the request moves on to another available member it has not tried yet. Busy
+//! comes back at once and the request never ran, so this costs no HSM work and no waiting;
+//! only when every available member is busy does the caller get Busy (ThrottlingException).
+//!
 //! Members on the same PKCS#11 module share one [`ModuleContext`] (`C_Initialize` once per
 //! library per process). The serving member of each call is reported with [`note_member`]
 //! for the audit log.
@@ -156,43 +161,54 @@ impl FleetBackend {
         &self.members
     }
 
-    /// The available member with the fewest outstanding requests, other than `except`; when
-    /// none is available and there is no `except`, any member (its answer is the real error).
-    fn pick(&self, except: Option<usize>) -> Option<usize> {
+    /// The available member with the fewest outstanding requests among those not `tried`;
+    /// when nothing was tried yet and no member is available, any member (its answer is the
+    /// real error).
+    fn pick(&self, tried: &[bool]) -> Option<usize> {
         let n = self.members.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let candidates = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|i| Some(*i) != except);
+            .filter(|i| !tried.get(*i).copied().unwrap_or(false));
         let best = |available: bool| {
             candidates
                 .clone()
                 .filter(|i| !available || !self.members[*i].is_out())
                 .min_by_key(|i| self.members[*i].outstanding.load(Ordering::SeqCst))
         };
-        best(true).or_else(|| if except.is_none() { best(false) } else { None })
+        let first_try = !tried.contains(&true);
+        best(true).or_else(|| if first_try { best(false) } else { None })
     }
 
-    /// Runs `call` on the best member, and once more on another one after a failure that
-    /// takes the first out, if the deadline allows.
+    /// Runs `call` on the best member. While members answer Busy, moves on to the next
+    /// untried available one (the call never ran there); after a failure that takes a member
+    /// out, tries once more on another one. Never past the deadline.
     fn route<'a, T, F>(&'a self, deadline: Instant, call: F) -> BackendFuture<'a, T>
     where
         T: Send + 'a,
         F: Fn(&'a Pkcs11Backend) -> BackendFuture<'a, T> + Send + Sync + 'a,
     {
         Box::pin(async move {
-            let Some(first) = self.pick(None) else {
+            let mut tried = vec![false; self.members.len()];
+            let Some(mut member) = self.pick(&tried) else {
                 return Err(HsmError::Unavailable("no HSM member configured".into()));
             };
-            let result = self.run_on(first, &call).await;
-            match &result {
-                Err(err) if takes_out(err) && Instant::now() < deadline => {
-                    match self.pick(Some(first)) {
-                        Some(second) => self.run_on(second, &call).await,
-                        None => result,
-                    }
+            let mut failover_left = true;
+            loop {
+                let result = self.run_on(member, &call).await;
+                tried[member] = true;
+                let again = match &result {
+                    Err(HsmError::Busy) => true,
+                    Err(err) if takes_out(err) => std::mem::replace(&mut failover_left, false),
+                    _ => false,
+                };
+                if !again || Instant::now() >= deadline {
+                    return result;
                 }
-                _ => result,
+                match self.pick(&tried) {
+                    Some(next) => member = next,
+                    None => return result,
+                }
             }
         })
     }

@@ -141,6 +141,36 @@ pub(crate) fn raw_session() -> Session {
     session
 }
 
+/// Plants a public (`CKA_PRIVATE=false`), non-sensitive, extractable AES-256 secret key with
+/// the given value and label the way an attacker with token access but no PIN can: OpenSC's
+/// pkcs11-tool in a R/W public session, without `--login`. The value is known to the caller,
+/// so anything encrypted under this object is readable by whoever planted it.
+pub(crate) fn plant_public_key(label: &str, value: &[u8; 32]) {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let file = dir.path().join("squatter.key");
+    std::fs::write(&file, value).expect("write the key value");
+    let output = Command::new("pkcs11-tool")
+        .args(["--module", MODULE, "--token-label", TOKEN_LABEL])
+        .arg("--write-object")
+        .arg(&file)
+        .args([
+            "--type",
+            "secrkey",
+            "--key-type",
+            "AES:32",
+            "--label",
+            label,
+        ])
+        .args(["--usage-decrypt", "--extractable"])
+        .output()
+        .expect("pkcs11-tool (opensc) must be installed");
+    assert!(
+        output.status.success(),
+        "pkcs11-tool --write-object failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Parses a key id.
 pub(crate) fn key_id(label: &str) -> ExternalKeyId {
     ExternalKeyId::parse(label).expect("valid key id")

@@ -81,35 +81,83 @@ pub fn create_key(stem: &str, usages: &[KeyUsage]) -> String {
     label
 }
 
+/// Runs `write` (e.g. a `keys create` child process) while no other test of this process
+/// writes to the token (see [`TOKEN_WRITES`]).
+pub fn serialised_write<T>(write: impl FnOnce() -> T) -> T {
+    let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    write()
+}
+
 /// Serialises writes to the token. SoftHSM2's file store is not safe against two processes
 /// creating objects at the same moment (seen: `C_GenerateKey` → `CKR_GENERAL_ERROR` while
 /// pkcs11-tool wrote the same token), so the tests never do that.
 static TOKEN_WRITES: Mutex<()> = Mutex::new(());
 
 /// Creates a key with OpenSC's pkcs11-tool, an independent PKCS#11 client, e.g. to make a
-/// second object with an existing label (URI-8) or an AES-128 key (K-2).
+/// second object with an existing label (URI-8) or an AES-128 key (K-2). Like every key the
+/// proxy serves, it is private, sensitive and never extractable.
 pub fn pkcs11_tool_keygen(label: &str, key_type: &str) {
+    pkcs11_tool(&[
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--keygen",
+        "--key-type",
+        key_type,
+        "--label",
+        label,
+        "--usage-decrypt",
+        "--private",
+        "--sensitive",
+    ]);
+}
+
+/// A private, sensitive AES-256 key that can be extracted (`--extractable`): its value can
+/// leave the HSM, so the proxy must refuse it.
+pub fn pkcs11_tool_extractable_key(label: &str) {
+    pkcs11_tool(&[
+        "--login",
+        "--pin",
+        USER_PIN,
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        label,
+        "--usage-decrypt",
+        "--private",
+        "--sensitive",
+        "--extractable",
+    ]);
+}
+
+/// Plants a public, non-sensitive, extractable AES-256 key with a known value, as anyone with
+/// token access but no PIN can (pkcs11-tool without `--login`: a R/W public session).
+pub fn plant_public_key(label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("squatter.key");
+    std::fs::write(&file, [0x42u8; 32]).unwrap();
+    pkcs11_tool(&[
+        "--write-object",
+        file.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        "AES:32",
+        "--label",
+        label,
+        "--usage-decrypt",
+        "--extractable",
+    ]);
+}
+
+fn pkcs11_tool(args: &[&str]) {
     let token = token();
     let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &token.conf)
-        .args([
-            "--module",
-            MODULE,
-            "--token-label",
-            TOKEN_LABEL,
-            "--login",
-            "--pin",
-            USER_PIN,
-        ])
-        .args([
-            "--keygen",
-            "--key-type",
-            key_type,
-            "--label",
-            label,
-            "--usage-decrypt",
-        ])
+        .args(["--module", MODULE, "--token-label", TOKEN_LABEL])
+        .args(args)
         .output()
         .expect("pkcs11-tool (opensc) must be installed");
     assert!(

@@ -6,15 +6,17 @@
 //! not call them from an async task. That session is also the long-lived "anchor" that keeps
 //! the application logged in while worker sessions come and go.
 
+use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::Pkcs11Backend;
-use super::errors::{Operation, is_stale_handle};
+use super::errors::{Operation, fail, is_stale_handle};
+use super::key_info::KeyProtection;
 use super::keys::{self, read_info, read_usages};
-use super::timing::call;
+use super::timing::{call, timed};
 use super::token;
 use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};
 use crate::metrics::Metrics;
@@ -34,21 +36,27 @@ pub struct KeyListing {
     pub usages: Vec<KeyUsage>,
     /// Whether this is the dedicated health-check key, never served to customers.
     pub health_check: bool,
+    /// How the key is protected; the proxy serves it only if
+    /// [`KeyProtection::is_servable`].
+    pub protection: KeyProtection,
 }
 
 impl Pkcs11Backend {
     /// Creates an AES-256 token key labelled `label` (blocking).
     ///
-    /// The key is `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`;
+    /// The key is `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`,
+    /// and neither `CKA_MODIFIABLE` nor `CKA_COPYABLE` where the token knows those attributes;
     /// `CKA_ENCRYPT`, `CKA_DECRYPT`, `CKA_WRAP`, `CKA_UNWRAP`, `CKA_SIGN`, `CKA_VERIFY` and
     /// `CKA_DERIVE` are set exactly as `usages` says (explicitly false otherwise), and
-    /// `CKA_ID` is the label. Refuses with [`HsmError::KeyAlreadyExists`] if any token object
-    /// already carries the label.
+    /// `CKA_ID` is the label. Refuses with [`HsmError::KeyAlreadyExists`] if a private token
+    /// object already carries the label (public objects are never served, so they do not
+    /// block it).
     pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
         self.with_admin_session(|session| create(session, &self.shared.metrics, label, usages))
     }
 
-    /// Whether any token object carries `label` (blocking).
+    /// Whether a private token object carries `label` (blocking); public objects, which the
+    /// proxy never serves, do not count.
     pub fn key_exists(&self, label: &ExternalKeyId) -> Result<bool, HsmError> {
         self.with_admin_session(|session| {
             match keys::find(session, &self.shared.metrics, label, Operation::Admin) {
@@ -75,8 +83,8 @@ impl Pkcs11Backend {
             refuse_existing(session, metrics, label)?;
             let mut template = key_template(label, usages);
             template.push(Attribute::Value(value.to_vec()));
-            let created = call(metrics, "C_CreateObject", Operation::Admin, || {
-                session.create_object(&template)
+            let created = make_locked(metrics, label, "C_CreateObject", &mut template, |t| {
+                session.create_object(t)
             });
             for attribute in &mut template {
                 if let Attribute::Value(bytes) = attribute {
@@ -89,7 +97,8 @@ impl Pkcs11Backend {
         })
     }
 
-    /// Lists the token's keys (secret, private and public) sorted by label (blocking).
+    /// Lists the token's keys (secret, private and public; public objects too) sorted by
+    /// label, each with its protection (blocking).
     pub fn list_keys(&self) -> Result<Vec<KeyListing>, HsmError> {
         let shared = &self.shared;
         self.with_admin_session(|session| list(session, &shared.metrics, &shared.health_key))
@@ -141,6 +150,12 @@ pub(super) fn ensure_health_key(
             if let Err(err) = key.info.require_aes_256() {
                 tracing::warn!(key = %label, error = %err, "the health-check key is unusable");
             }
+            let problems = key.info.protection.problems();
+            if !problems.is_empty() {
+                tracing::warn!(key = %label, problems = %problems.join(", "),
+                    "the health-check key is unusable: it is not private, sensitive and \
+                     non-extractable");
+            }
             Ok(())
         }
         Err(HsmError::KeyNotFound) if create_if_missing => {
@@ -172,18 +187,53 @@ fn create(
     label: &ExternalKeyId,
     usages: &[KeyUsage],
 ) -> Result<(), HsmError> {
-    let op = Operation::Admin;
     refuse_existing(session, metrics, label)?;
     let mut template = key_template(label, usages);
     template.push(Attribute::ValueLen(AES_256_LEN.into()));
-    call(metrics, "C_GenerateKey", op, || {
-        session.generate_key(&Mechanism::AesKeyGen, &template)
+    make_locked(metrics, label, "C_GenerateKey", &mut template, |t| {
+        session.generate_key(&Mechanism::AesKeyGen, t)
     })?;
     tracing::info!(key = %label, ?usages, "created an AES-256 key");
     Ok(())
 }
 
-/// [`HsmError::KeyAlreadyExists`] if any token object carries `label`.
+/// Runs `make` (`C_GenerateKey` or `C_CreateObject`, timed as `function`) with `template`
+/// plus `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false`: without them anyone holding the PIN
+/// could later change the key's label or usage flags (`C_SetAttributeValue`) or copy it
+/// (`C_CopyObject`) into an object with other attributes. A token that does not know an attribute
+/// (`CKR_ATTRIBUTE_TYPE_INVALID`; `CKA_COPYABLE` is PKCS#11 2.40) gets the key without it,
+/// and the log says so.
+fn make_locked(
+    metrics: &Metrics,
+    label: &ExternalKeyId,
+    function: &'static str,
+    template: &mut Vec<Attribute>,
+    make: impl Fn(&[Attribute]) -> cryptoki::error::Result<ObjectHandle>,
+) -> Result<(), HsmError> {
+    // Last in the template, so each retry drops the newest attribute by shortening it.
+    let locks = [Attribute::Modifiable(false), Attribute::Copyable(false)];
+    let names = ["CKA_MODIFIABLE", "CKA_COPYABLE"];
+    template.extend(locks);
+    let full = template.len();
+    let mut kept = names.len();
+    loop {
+        let attempt = &template[..full - (names.len() - kept)];
+        match timed(metrics, function, || make(attempt)) {
+            Ok(_) => return Ok(()),
+            Err(Error::Pkcs11(RvError::AttributeTypeInvalid, _)) if kept > 0 => {
+                kept -= 1;
+                tracing::warn!(
+                    key = %label, attribute = names[kept],
+                    "the token rejects {} (CKR_ATTRIBUTE_TYPE_INVALID); creating the key \
+                     without it", names[kept]
+                );
+            }
+            Err(err) => return Err(fail(&err, Operation::Admin)),
+        }
+    }
+}
+
+/// [`HsmError::KeyAlreadyExists`] if a private token object carries `label`.
 fn refuse_existing(
     session: &Session,
     metrics: &Metrics,
@@ -196,8 +246,9 @@ fn refuse_existing(
     }
 }
 
-/// The attributes of every key the proxy makes, but its value or length: a sensitive,
-/// non-extractable private AES token key with exactly `usages`, `CKA_ID` = `CKA_LABEL`.
+/// The attributes of every key the proxy makes, but its value or length and the locks
+/// [`make_locked`] adds: a sensitive, non-extractable private AES token key with exactly
+/// `usages`, `CKA_ID` = `CKA_LABEL`.
 fn key_template(label: &ExternalKeyId, usages: &[KeyUsage]) -> Vec<Attribute> {
     let has = |usage| usages.contains(&usage);
     let label_bytes = label.as_str().as_bytes().to_vec();
@@ -256,6 +307,7 @@ fn list(
                 label,
                 spec: info.spec(),
                 usages: read_usages(session, metrics, handle, op)?,
+                protection: info.protection,
             }))
         };
         match read() {

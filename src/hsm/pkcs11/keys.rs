@@ -1,67 +1,34 @@
 //! Key lookup by `CKA_LABEL` and the shared handle cache (checklist URI-7, URI-8, K-2…K-4).
 //!
-//! An external key id names the one token object whose `CKA_LABEL` equals it. No match is
-//! [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never guesses.
-//! Token object handles are valid in every session of the application, so found handles are
-//! cached by label together with the immutable class, key type and size. A cached handle that
-//! the HSM rejects as invalid is dropped and the lookup repeated once ([`with_key`]).
+//! An external key id names the one *private* token object whose `CKA_LABEL` equals it. No
+//! match is [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never
+//! guesses. Token object handles are valid in every session of the application, so found
+//! handles are cached by label together with the immutable class, key type and size. A cached
+//! handle that the HSM rejects as invalid is dropped and the lookup repeated once
+//! ([`with_key`]).
+//!
+//! Key hygiene ("key squatting"): anyone who can open a session on the token can create a
+//! public object (`CKA_PRIVATE=false`) without the PIN, e.g. a secret key whose value they
+//! chose, under any label. Serving it would encrypt customer data under a key the attacker
+//! knows. So the search template itself asks for `CKA_PRIVATE=true` (public objects can
+//! neither take over nor block a real key's label), and a found key is served only if it is
+//! also `CKA_SENSITIVE` and not `CKA_EXTRACTABLE` ([`KeyProtection`]); anything else answers
+//! [`HsmError::KeyNotFound`], like a missing key. Both checks ride on the one lookup the cache
+//! already does: a cached key costs no extra PKCS#11 call per request.
 
 use std::collections::HashMap;
 
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState};
 use parking_lot::RwLock;
 
 use super::Shared;
 use super::errors::{Operation, is_stale_handle};
+use super::key_info::{KeyInfo, KeyProtection};
 use super::timing::call;
-use crate::hsm::{HsmError, KeySpec, KeyUsage, Pkcs11Failure, Tier};
+use crate::hsm::{HsmError, KeyUsage, Pkcs11Failure, Tier};
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
-
-/// Immutable attributes of a key object, read once and cached with its handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct KeyInfo {
-    /// `CKA_CLASS`.
-    pub(super) class: ObjectClass,
-    /// `CKA_KEY_TYPE`, absent on objects that are not keys.
-    pub(super) key_type: Option<KeyType>,
-    /// `CKA_VALUE_LEN` in bytes, present on secret keys.
-    pub(super) value_len: Option<u64>,
-}
-
-impl KeyInfo {
-    /// Key type and size as GetKeyMetadata reports them (K-2): truthful for every object.
-    pub(super) fn spec(&self) -> KeySpec {
-        let strip =
-            |s: String, prefix: &str| s.strip_prefix(prefix).map(str::to_owned).unwrap_or(s);
-        let Some(key_type) = self.key_type else {
-            return KeySpec::Other(strip(self.class.to_string(), "CKO_"));
-        };
-        let type_name = strip(key_type.to_string(), "CKK_");
-        if self.class != ObjectClass::SECRET_KEY {
-            let class_name = strip(self.class.to_string(), "CKO_");
-            return KeySpec::Other(format!("{type_name}_{class_name}"));
-        }
-        match (key_type, self.value_len) {
-            (KeyType::AES, Some(16)) => KeySpec::Aes128,
-            (KeyType::AES, Some(24)) => KeySpec::Aes192,
-            (KeyType::AES, Some(32)) => KeySpec::Aes256,
-            (_, Some(bytes)) => KeySpec::Other(format!("{type_name}_{}", bytes.saturating_mul(8))),
-            (_, None) => KeySpec::Other(type_name),
-        }
-    }
-
-    /// Succeeds for an AES-256 secret key, the only kind the proxy uses for customer crypto.
-    pub(super) fn require_aes_256(&self) -> Result<(), HsmError> {
-        match self.spec() {
-            KeySpec::Aes256 => Ok(()),
-            other => Err(HsmError::UnsupportedKey {
-                found: other.as_str().to_owned(),
-            }),
-        }
-    }
-}
 
 /// A cached lookup result.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +47,10 @@ pub(super) struct KeyCache {
 
 impl KeyCache {
     /// The cached key for `label`, or a fresh lookup on `session` that fills the cache.
+    ///
+    /// Only a key that passes the hygiene check ([`KeyProtection::is_servable`]) is cached
+    /// and returned; any other answers [`HsmError::KeyNotFound`], logged with the reason once
+    /// per lookup (never cached, so fixing the key's attributes takes effect at once).
     pub(super) fn get(
         &self,
         session: &Session,
@@ -91,6 +62,15 @@ impl KeyCache {
             return Ok(*key);
         }
         let key = find(session, metrics, label, op)?;
+        let problems = key.info.protection.problems();
+        if !problems.is_empty() {
+            tracing::warn!(
+                key = %label, operation = op.as_str(), problems = %problems.join(", "),
+                "refusing to serve a key that is not private, sensitive and non-extractable; \
+                 answering KeyNotFound"
+            );
+            return Err(HsmError::KeyNotFound);
+        }
         self.map.write().insert(label.clone(), key);
         Ok(key)
     }
@@ -132,7 +112,12 @@ pub(super) fn with_key<T>(
     }
 }
 
-/// Finds the one token object labelled `label` and reads its immutable attributes.
+/// Finds the one private token object labelled `label` and reads its attributes, whatever
+/// its protection: callers that serve keys go through [`KeyCache::get`], which checks it.
+///
+/// Public objects are not even considered (`CKA_PRIVATE=true` is part of the search), so a
+/// planted public object can neither be served nor make a real key's label ambiguous. Two
+/// private objects with the label are still [`HsmError::AmbiguousKey`].
 pub(super) fn find(
     session: &Session,
     metrics: &Metrics,
@@ -142,6 +127,7 @@ pub(super) fn find(
     let template = [
         Attribute::Label(label.as_str().as_bytes().to_vec()),
         Attribute::Token(true),
+        Attribute::Private(true),
     ];
     // find_objects always ends with C_FindObjectsFinal, also on error.
     let handles = call(metrics, "C_FindObjects", op, || {
@@ -150,6 +136,7 @@ pub(super) fn find(
     match handles.as_slice() {
         [] => {
             ensure_logged_in(session, metrics, op)?;
+            report_public_objects(session, metrics, label, op)?;
             Err(HsmError::KeyNotFound)
         }
         [handle] => Ok(CachedKey {
@@ -165,7 +152,35 @@ pub(super) fn find(
     }
 }
 
-/// Reads class, key type and value length of an object.
+/// On a miss, says in the log when only non-private objects carry `label`: an operator's key
+/// made public by mistake, or a squatter. They stay ignored. Runs only when the lookup found
+/// nothing (never for a served key), and costs one more search then.
+fn report_public_objects(
+    session: &Session,
+    metrics: &Metrics,
+    label: &ExternalKeyId,
+    op: Operation,
+) -> Result<(), HsmError> {
+    let template = [
+        Attribute::Label(label.as_str().as_bytes().to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(false),
+    ];
+    let public = call(metrics, "C_FindObjects", op, || {
+        session.find_objects(&template)
+    })?;
+    if !public.is_empty() {
+        tracing::warn!(
+            key = %label, operation = op.as_str(), count = public.len(),
+            "only public objects (CKA_PRIVATE=false) carry this key id; anyone with token \
+             access can plant those, so they are ignored"
+        );
+    }
+    Ok(())
+}
+
+/// Reads class, key type, value length and protection of an object, in one
+/// `C_GetAttributeValue` (every attribute asked for has a fixed size).
 pub(super) fn read_info(
     session: &Session,
     metrics: &Metrics,
@@ -176,14 +191,23 @@ pub(super) fn read_info(
         AttributeType::Class,
         AttributeType::KeyType,
         AttributeType::ValueLen,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
     ];
     let attributes = call(metrics, "C_GetAttributeValue", op, || {
         session.get_attributes(handle, &wanted)
     })?;
+    // Absent protection attributes count as the unsafe value.
     let mut info = KeyInfo {
         class: ObjectClass::DATA,
         key_type: None,
         value_len: None,
+        protection: KeyProtection {
+            private: false,
+            sensitive: false,
+            extractable: true,
+        },
     };
     let mut has_class = false;
     for attribute in attributes {
@@ -194,6 +218,9 @@ pub(super) fn read_info(
             }
             Attribute::KeyType(key_type) => info.key_type = Some(key_type),
             Attribute::ValueLen(len) => info.value_len = Some(*len),
+            Attribute::Private(private) => info.protection.private = private,
+            Attribute::Sensitive(sensitive) => info.protection.sensitive = sensitive,
+            Attribute::Extractable(extractable) => info.protection.extractable = extractable,
             _ => {}
         }
     }
@@ -261,68 +288,6 @@ fn ensure_logged_in(session: &Session, metrics: &Metrics, op: Operation) -> Resu
                 code: "session not logged in as user".into(),
                 tier: Tier::Login,
             }))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(class: ObjectClass, key_type: Option<KeyType>, value_len: Option<u64>) -> KeyInfo {
-        KeyInfo {
-            class,
-            key_type,
-            value_len,
-        }
-    }
-
-    #[test]
-    fn k_2_aes_sizes_get_their_spec_names() {
-        let secret = |len| info(ObjectClass::SECRET_KEY, Some(KeyType::AES), Some(len));
-        assert_eq!(secret(16).spec(), KeySpec::Aes128);
-        assert_eq!(secret(24).spec(), KeySpec::Aes192);
-        assert_eq!(secret(32).spec(), KeySpec::Aes256);
-        assert_eq!(secret(32).require_aes_256(), Ok(()));
-        assert_eq!(
-            secret(16).require_aes_256(),
-            Err(HsmError::UnsupportedKey {
-                found: "AES_128".into()
-            })
-        );
-    }
-
-    #[test]
-    fn k_2_other_objects_are_described_truthfully() {
-        let cases = [
-            (
-                info(
-                    ObjectClass::SECRET_KEY,
-                    Some(KeyType::GENERIC_SECRET),
-                    Some(32),
-                ),
-                "GENERIC_SECRET_256",
-            ),
-            (
-                info(ObjectClass::SECRET_KEY, Some(KeyType::AES), Some(8)),
-                "AES_64",
-            ),
-            (
-                info(ObjectClass::SECRET_KEY, Some(KeyType::DES3), None),
-                "DES3",
-            ),
-            (
-                info(ObjectClass::PRIVATE_KEY, Some(KeyType::RSA), None),
-                "RSA_PRIVATE_KEY",
-            ),
-            (info(ObjectClass::DATA, None, None), "DATA"),
-        ];
-        for (info, spec) in cases {
-            assert_eq!(info.spec(), KeySpec::Other(spec.into()));
-            assert_eq!(
-                info.require_aes_256(),
-                Err(HsmError::UnsupportedKey { found: spec.into() })
-            );
         }
     }
 }

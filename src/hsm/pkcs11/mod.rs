@@ -17,7 +17,9 @@ mod admin;
 mod codes;
 mod crypto;
 mod errors;
+mod key_info;
 mod keys;
+mod liveness;
 mod module;
 mod pool;
 mod recovery;
@@ -37,6 +39,7 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 pub use admin::KeyListing;
+pub use key_info::KeyProtection;
 pub use module::ModuleContext;
 pub use token::TokenIdentity;
 

@@ -15,8 +15,12 @@
 //! session and asks the recovery thread (`recovery`) to rebuild the whole context in the
 //! background; until it has, jobs fail fast with [`HsmError::Unavailable`], and afterwards
 //! every worker replaces its stale session before its next job. Login and device failures
-//! also flush the key-handle cache. If a session cannot be opened, the worker answers
-//! [`HsmError::Unavailable`] and retries with exponential backoff, never spinning.
+//! also flush the key-handle cache. If a session cannot be opened, the worker retries with
+//! exponential backoff, never spinning. While it waits, it takes no jobs as long as another
+//! worker holds a session (those can serve them; `liveness`); when no worker holds one, the
+//! workers without a session take jobs again, to answer [`HsmError::Unavailable`] at once
+//! instead of letting requests wait for their deadline (or to serve them, once a reopen is
+//! due or another worker has shown the token answers again).
 //!
 //! Metrics: `xks_hsm_sessions{state="idle"|"in_use"}` counts the workers' open sessions,
 //! `in_use` while a job runs on one; a worker whose session is lost leaves both until it
@@ -32,6 +36,7 @@ use cryptoki::session::Session;
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::liveness::Liveness;
 use super::token;
 use crate::hsm::{HsmError, Tier};
 
@@ -60,6 +65,8 @@ struct Job {
 pub(super) struct Pool {
     sender: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// Which workers hold a session; shutdown wakes the parked ones through it.
+    liveness: Arc<Liveness>,
 }
 
 /// A job accepted by the queue; [`Submitted::wait`] yields its result.
@@ -80,9 +87,10 @@ impl Pool {
         // Added, not set: the members of a fleet share one gauge.
         shared.metrics.add_hsm_sessions(IDLE, open);
         shared.metrics.add_hsm_sessions(IN_USE, 0);
+        let liveness = Arc::new(Liveness::new(sessions.len()));
         let mut workers = Vec::with_capacity(sessions.len());
         for (id, session) in sessions.into_iter().enumerate() {
-            let worker = Worker::new(id, session, Arc::clone(shared));
+            let worker = Worker::new(id, session, Arc::clone(shared), Arc::clone(&liveness));
             let jobs = receiver.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("pkcs11-worker-{id}"))
@@ -93,6 +101,7 @@ impl Pool {
         Ok(Self {
             sender: Some(sender),
             workers,
+            liveness,
         })
     }
 
@@ -148,6 +157,7 @@ impl Pool {
     /// under it) so that the process can still exit.
     pub(super) fn shutdown(&mut self) {
         self.sender = None;
+        self.liveness.stop();
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -206,14 +216,17 @@ struct Worker {
     shared: Arc<Shared>,
     backoff: Duration,
     next_attempt: Instant,
-    /// Where this worker's session is counted in `xks_hsm_sessions`; `None`: no session.
+    /// Where this worker's session is counted in `xks_hsm_sessions` (and whether it counts
+    /// in `liveness`); `None`: no session.
     counted_as: Option<&'static str>,
+    /// The pool's count of workers holding a session.
+    liveness: Arc<Liveness>,
     /// The context generation `session` belongs to.
     generation: u64,
 }
 
 impl Worker {
-    fn new(id: usize, session: Session, shared: Arc<Shared>) -> Self {
+    fn new(id: usize, session: Session, shared: Arc<Shared>, liveness: Arc<Liveness>) -> Self {
         let generation = shared_generation(&shared);
         Self {
             id,
@@ -222,6 +235,7 @@ impl Worker {
             backoff: MIN_BACKOFF,
             next_attempt: Instant::now(),
             counted_as: Some(IDLE),
+            liveness,
             generation,
         }
     }
@@ -230,7 +244,12 @@ impl Worker {
         loop {
             let next = if self.session.is_some() {
                 jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else if self.liveness.wait_while_others_serve(self.next_attempt) {
+                // Others served the queue meanwhile; our backoff is over: try to reopen.
+                Err(RecvTimeoutError::Timeout)
             } else {
+                // Nobody holds a session (or the pool stops): take jobs, to fail them fast
+                // rather than let them wait for their deadline, until the reopen is due.
                 jobs.recv_deadline(self.next_attempt)
             };
             match next {
@@ -271,7 +290,10 @@ impl Worker {
             self.forget_stale_session();
             self.next_attempt = Instant::now();
         }
-        if self.session.is_none() && Instant::now() >= self.next_attempt {
+        // A worker without a session only gets here when no worker had one as it went to the
+        // queue; if another has one now, the token answers again: reopen without waiting out
+        // the backoff rather than fail this job.
+        if self.session.is_none() && (Instant::now() >= self.next_attempt || self.liveness.any()) {
             self.reopen();
         }
         self.account(true);
@@ -287,6 +309,11 @@ impl Worker {
             (Some(_), false) => Some(IDLE),
             (Some(_), true) => Some(IN_USE),
         };
+        match (self.counted_as.is_some(), now.is_some()) {
+            (false, true) => self.liveness.gained(),
+            (true, false) => self.liveness.lost(),
+            _ => {}
+        }
         let metrics = &self.shared.metrics;
         match (self.counted_as, now) {
             (before, after) if before == after => {}
