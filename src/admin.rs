@@ -76,33 +76,40 @@ async fn only_allowed_hosts(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    match host {
-        Some(host) if !host_allowed(host, &admin.settings.allowed_hosts) => {
-            tracing::warn!(target: "xks_proxy::admin", "admin request for a host that is not allowed refused");
-            refusal(
-                StatusCode::FORBIDDEN,
-                "this Host is not allowed; add it to admin.allowed_hosts",
-            )
-        }
-        _ => next.run(request).await,
+    // Fail closed: a Host that is not text is refused; no Host at all (HTTP/1.0, which no
+    // browser sends) is let through.
+    let host = match request.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok(),
+        None => Some(request.uri().authority().map_or("", |a| a.as_str())),
+    };
+    let allowed =
+        host.is_some_and(|h| h.is_empty() || host_allowed(h, &admin.settings.allowed_hosts));
+    if allowed {
+        return next.run(request).await;
     }
+    tracing::warn!(target: "xks_proxy::admin", "admin request for a host that is not allowed refused");
+    refusal(
+        StatusCode::FORBIDDEN,
+        "this Host is not allowed; add it to admin.allowed_hosts",
+    )
 }
 
 /// IP literals (any port), `localhost` and the configured names are allowed.
 fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     let name = match host.strip_prefix('[') {
-        // `[v6]:port` or `[v6]`
+        // `[v6]:port` or `[v6]`, nothing else after the bracket
         Some(rest) => {
-            return rest
-                .split_once(']')
-                .is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok());
+            return rest.split_once(']').is_some_and(|(ip, after)| {
+                ip.parse::<IpAddr>().is_ok()
+                    && (after.is_empty() || after.strip_prefix(':').is_some_and(is_port))
+            });
         }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
     };
     name.parse::<IpAddr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
@@ -241,6 +248,10 @@ mod tests {
             "127.0.0.1.evil.example",
             "localhost.evil.example",
             "[::1.evil]:1",
+            "[::1].evil",
+            "[::1]:x",
+            "localhost:",
+            "localhost:9443x",
             "metrics.internal.evil",
             "",
         ] {

@@ -79,47 +79,78 @@ fn build(
 }
 
 /// `config` reports one error at a time, with the key when it knows it.
+///
+/// The message is rebuilt from the error's parts, never from its text: config and serde quote
+/// the offending value (`invalid type: string "1234", expected usize`), and a PIN or secret typed
+/// into the wrong field must not reach the log or the admin reload response. Whatever is not
+/// recognised is reported without detail (fail closed).
 fn deserialize_error(err: &config::ConfigError) -> ConfigError {
-    let text = err.to_string();
-    let field = text
-        .split_once("for key `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(key, _)| key.to_owned())
-        .unwrap_or_else(|| "(file)".to_owned());
+    let (key, message) = describe(err);
     ConfigError {
-        field,
-        message: without_quoted_values(&without_source_lines(&text)),
+        field: key.unwrap_or_else(|| "(file)".to_owned()),
+        message,
     }
 }
 
-/// serde quotes the offending value (`invalid type: string "1234", expected usize`): a PIN or
-/// secret typed into the wrong field would reach the log and the admin reload response. Drop
-/// every quoted span except the names of keys and fields, which come from the schema.
-fn without_quoted_values(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(['"', '`']) {
-        let (before, quoted) = rest.split_at(start);
-        out.push_str(before);
-        let quote = quoted.as_bytes()[0] as char;
-        let Some(len) = quoted[1..].find(quote) else {
-            out.push_str("(value)");
-            return out;
-        };
-        let span = &quoted[..len + 2];
-        let names_a_key = [
-            "for key ",
-            "unknown field ",
-            "missing field ",
-            "duplicate field ",
-        ]
-        .iter()
-        .any(|lead| out.ends_with(lead));
-        out.push_str(if names_a_key { span } else { "(value)" });
-        rest = &quoted[len + 2..];
+/// The key (if known) and a message that quotes no value.
+fn describe(err: &config::ConfigError) -> (Option<String>, String) {
+    use config::ConfigError as E;
+    match err {
+        E::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => (
+            key.clone(),
+            format!(
+                "invalid type: {} where {expected} was expected",
+                value_kind(unexpected)
+            ),
+        ),
+        E::At { error, key, .. } => {
+            let (inner, message) = describe(error);
+            (key.clone().or(inner), message)
+        }
+        E::Message(text) => (None, serde_message(text)),
+        E::NotFound(key) => (Some(key.clone()), "required but missing".to_owned()),
+        // TOML syntax errors: position and reason, without the quoted source lines.
+        E::FileParse { cause, .. } => (None, without_source_lines(&cause.to_string())),
+        _ => (None, "the configuration could not be read".to_owned()),
     }
-    out.push_str(rest);
-    out
+}
+
+/// What kind of value was found, never the value. `config::Unexpected` is not exported, so
+/// the kind is read from the first word of its text (`string "…"`, `64-bit integer `5``, …).
+fn value_kind(unexpected: &impl fmt::Display) -> &'static str {
+    let text = unexpected.to_string();
+    let kind = text.split(' ').next().unwrap_or_default();
+    match kind {
+        "boolean" => "a boolean",
+        "64-bit" | "128-bit" => "an integer",
+        "floating" => "a floating-point number",
+        "string" => "a string",
+        "unit" => "an empty value",
+        "sequence" => "an array",
+        "map" => "a table",
+        _ => "a value",
+    }
+}
+
+/// serde's own messages. Missing and unknown fields name keys (from the schema or the file's
+/// key names, not its values) and are kept; every other message carries a value, so only what
+/// serde expected is kept: the text after the last `, expected ` comes from the schema.
+fn serde_message(text: &str) -> String {
+    let names_a_key = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .any(|lead| text.starts_with(lead));
+    if names_a_key {
+        return text.to_owned();
+    }
+    match text.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("invalid value; expected {expected}"),
+        None => "invalid value".to_owned(),
+    }
 }
 
 /// TOML parse errors quote the offending line, which may hold a secret or a PIN (and the

@@ -353,7 +353,8 @@ fn parse_errors_never_quote_the_offending_line() {
 #[test]
 fn values_in_the_wrong_field_are_never_quoted_back() {
     let files = Files::new();
-    let canary = "pin-canary-8c1f";
+    // Quotes and backticks inside the value must not end a "quoted" span early.
+    let canary = r#"pin\"canary`8c1f"#;
     for (from, to) in [
         // A string in an integer field, a negative number, a string in a bool field.
         (
@@ -372,10 +373,21 @@ fn values_in_the_wrong_field_are_never_quoted_back() {
             "[server]\n".to_owned(),
             "[server]\nidle_timeout_ms = 987654321987\n".to_owned(),
         ),
+        // An array where a string goes, and a string where a table goes.
+        (
+            "[server]\n".to_owned(),
+            format!("[server]\nhandshake_timeout_ms = [\"{canary}\"]\n"),
+        ),
+        (
+            "[hsm]\n".to_owned(),
+            format!("[hsm]\nmembers = \"{canary}\"\n"),
+        ),
     ] {
         let toml = files.valid_toml().replacen(&from, &to, 1);
         let err = load_from_str(&toml).unwrap_err().to_string();
-        assert!(!err.contains(canary), "value quoted in: {err}");
+        for part in ["pin", "canary", "8c1f"] {
+            assert!(!err.contains(part), "value quoted in: {err}");
+        }
         assert!(!err.contains("987654321987"), "value quoted in: {err}");
         assert!(err.contains("server.") || err.contains("hsm."), "{err}");
     }

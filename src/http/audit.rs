@@ -75,6 +75,8 @@ pub(super) struct AuditRecord {
     pub(super) aad_bytes: Option<usize>,
     /// The HSM member that served the request.
     pub(super) hsm_member: Option<String>,
+    /// Whether the request passed SigV4 (not logged: `auth_failure` and `status` say it).
+    pub(super) authenticated: bool,
 }
 
 impl AuditRecord {
@@ -176,6 +178,11 @@ impl<'a> AuditGuard<'a> {
     /// The record to fill in.
     pub(super) fn record(&mut self) -> &mut AuditRecord {
         &mut self.record
+    }
+
+    /// Whether the request passed SigV4.
+    pub(super) fn authenticated(&self) -> bool {
+        self.record.authenticated
     }
 
     /// Writes the line for the answer sent.

@@ -13,7 +13,7 @@ use super::audit::{AuditGuard, AuditRecord};
 use super::body;
 use super::error::{ApiError, json_response};
 use super::routing::Operation;
-use super::{ApiConfig, AppState, KeyStore};
+use super::{ApiConfig, AppState, KeepsConnectionAlive, KeyStore};
 use crate::hsm::{self, GCM_TAG_LEN, HsmError};
 use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
 use crate::xks::wire::{
@@ -27,8 +27,14 @@ pub(super) async fn ping() -> &'static str {
     "pong"
 }
 
-/// Any other method on `/ping`.
-pub(super) async fn ping_method_not_allowed() -> Response {
+/// Most of a body sent to `/ping` that is read (and dropped) before the 405, and for how long.
+const PING_DRAIN_BYTES: usize = 64 * 1024;
+const PING_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Any other method on `/ping`; a small body is drained first so the answer arrives (body.rs).
+pub(super) async fn ping_method_not_allowed(request: Request) -> Response {
+    let drain = body::discard(request.into_body(), PING_DRAIN_BYTES);
+    let _ = tokio::time::timeout(PING_DRAIN_TIME, drain).await;
     ApiError::MethodNotAllowed { allow: "GET" }.into_response()
 }
 
@@ -48,8 +54,13 @@ pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) ->
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
     };
+    let authenticated = audit.authenticated();
     audit.finish(status, result.as_ref().err());
-    result.unwrap_or_else(IntoResponse::into_response)
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if authenticated {
+        response.extensions_mut().insert(KeepsConnectionAlive);
+    }
+    response
 }
 
 async fn handle(
@@ -94,6 +105,7 @@ async fn handle(
         return Err(err.into());
     }
     drop(unauthenticated);
+    audit.authenticated = true;
     if !store.settings.enabled {
         return Err(XksError::new(
             ErrorName::InvalidStateException,

@@ -23,7 +23,7 @@ use axum::Router;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use body::PreAuthBudget;
+pub use body::{ConnectionShare, PreAuthBudget};
 pub use error::{ApiError, json_response};
 pub use routing::{Operation, RouteTable};
 
@@ -33,6 +33,12 @@ use crate::health::HealthService;
 use crate::hsm::KeyBackend;
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
+
+/// Response extension: the request that produced this response keeps its connection from
+/// idling out. Set only once a request is authenticated, so unauthenticated traffic cannot
+/// keep a connection slot (see `crate::server`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeepsConnectionAlive;
 
 /// Everything a request needs; shared by all connections.
 pub struct AppState {
@@ -147,7 +153,10 @@ impl AppState {
             ),
             backend,
             metrics,
-            pre_auth: PreAuthBudget::new(settings.limits.pre_auth_buffer_bytes),
+            pre_auth: PreAuthBudget::new(
+                settings.limits.pre_auth_buffer_bytes,
+                settings.limits.max_body_bytes,
+            ),
         }
     }
 

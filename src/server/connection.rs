@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::idle::Activity;
+use super::idle::{Activity, KeepsConnectionAlive};
+use crate::http::ConnectionShare;
 use crate::metrics::Metrics;
 
 /// Idle time before the first TCP keepalive probe, and the interval between probes.
@@ -107,7 +108,8 @@ impl Conn {
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                     .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented));
                 if no_certificate {
-                    tracing::warn!("mTLS client presented no certificate; handshake refused");
+                    // debug, not warn: scanners do this all day; the metric counts it.
+                    tracing::debug!("mTLS client presented no certificate; handshake refused");
                     if let Some(metrics) = &self.tls_metrics {
                         metrics.auth_failed(NO_KEY_STORE, "mtls");
                     }
@@ -135,17 +137,27 @@ impl Conn {
             return;
         }
         let peer = self.peer;
+        let share = ConnectionShare::default();
         let activity = Arc::new(Activity::new());
         let tracker = Arc::clone(&activity);
         let service = app
             .map_request(move |mut request: http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(share.clone());
                 request
             })
             .map_future(move |response| {
-                let in_progress = tracker.begin();
+                let mut in_progress = tracker.begin();
                 async move {
                     let response = response.await;
+                    if let Ok(response) = &response
+                        && response
+                            .extensions()
+                            .get::<KeepsConnectionAlive>()
+                            .is_some()
+                    {
+                        in_progress.counts();
+                    }
                     drop(in_progress);
                     response
                 }

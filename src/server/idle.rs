@@ -1,70 +1,105 @@
-//! Whether a connection is idle: requests in progress on it, and since when none is.
+//! Whether a connection is idle: requests in progress on it, and since when none that counts
+//! has been.
+//!
+//! Only a request whose response carries [`KeepsConnectionAlive`] (the XKS API sets it once a
+//! request is authenticated) restarts the idle clock. Anything else, `/ping`, a 404 or a 401,
+//! keeps the connection open while it runs but does not extend its life: a client cannot hold
+//! a connection slot by sending a cheap unauthenticated request every few seconds.
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Requests in progress on one connection, and when the last one ended.
+pub(super) use crate::http::KeepsConnectionAlive;
+
+/// Requests in progress on one connection, and when the last one that counts ended.
 pub(super) struct Activity {
-    in_flight: AtomicUsize,
-    /// Whether a request ever started: before the first one the shorter limit applies.
-    served: AtomicBool,
-    /// When the connection last went from busy to idle (or started).
-    idle_since: Mutex<Instant>,
+    state: Mutex<State>,
     changed: Notify,
 }
 
+/// Read and written together, so that a reader never sees a count without its timestamp.
+struct State {
+    in_flight: usize,
+    /// Whether a request that counts ever finished: before that the shorter limit applies.
+    served: bool,
+    /// When the last request that counts finished (or the connection opened).
+    last_useful: Instant,
+}
+
 /// Marks one request in progress until dropped.
-pub(super) struct InProgress(Arc<Activity>);
+pub(super) struct InProgress {
+    activity: Arc<Activity>,
+    useful: bool,
+}
+
+impl InProgress {
+    /// The request counts as activity (its response carried [`KeepsConnectionAlive`]).
+    pub(super) fn counts(&mut self) {
+        self.useful = true;
+    }
+}
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock() = Instant::now();
+        {
+            let mut state = self.activity.state.lock();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if self.useful {
+                state.served = true;
+                state.last_useful = Instant::now();
+            }
         }
-        self.0.changed.notify_waiters();
+        self.activity.changed.notify_waiters();
     }
 }
 
 impl Activity {
     pub(super) fn new() -> Self {
         Self {
-            in_flight: AtomicUsize::new(0),
-            served: AtomicBool::new(false),
-            idle_since: Mutex::new(Instant::now()),
+            state: Mutex::new(State {
+                in_flight: 0,
+                served: false,
+                last_useful: Instant::now(),
+            }),
             changed: Notify::new(),
         }
     }
 
     pub(super) fn begin(self: &Arc<Self>) -> InProgress {
-        self.served.store(true, Ordering::Release);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.state.lock().in_flight += 1;
         self.changed.notify_waiters();
-        InProgress(Arc::clone(self))
+        InProgress {
+            activity: Arc::clone(self),
+            useful: false,
+        }
     }
 
-    /// Resolves once no request has been in progress for `idle` (`first` before the first
-    /// request), counting from `since` at the earliest.
+    /// When the connection counts as idle if nothing changes: `None` while a request runs.
+    fn idle_at(&self, first: Duration, idle: Duration, since: Instant) -> Option<Instant> {
+        let state = self.state.lock();
+        if state.in_flight > 0 {
+            return None;
+        }
+        let limit = if state.served { idle } else { first.min(idle) };
+        Some(state.last_useful.max(since) + limit)
+    }
+
+    /// Resolves once no request is in progress and none that counts has finished for `idle`
+    /// (`first` before the first one), counting from `since` at the earliest.
     pub(super) async fn idle(&self, first: Duration, idle: Duration, since: Instant) {
         loop {
             let mut changed = pin!(self.changed.notified());
             // Registered before the state is read, so no change between the two is missed.
             changed.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) > 0 {
+            let Some(deadline) = self.idle_at(first, idle, since) else {
                 changed.await;
                 continue;
-            }
-            let limit = if self.served.load(Ordering::Acquire) {
-                idle
-            } else {
-                first.min(idle)
             };
-            let deadline = (*self.idle_since.lock()).max(since) + limit;
             if Instant::now() >= deadline {
                 return;
             }

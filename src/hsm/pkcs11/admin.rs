@@ -210,27 +210,47 @@ fn make_locked(
     template: &mut Vec<Attribute>,
     make: impl Fn(&[Attribute]) -> cryptoki::error::Result<ObjectHandle>,
 ) -> Result<(), HsmError> {
-    // Last in the template, so each retry drops the newest attribute by shortening it.
-    let locks = [Attribute::Modifiable(false), Attribute::Copyable(false)];
-    let names = ["CKA_MODIFIABLE", "CKA_COPYABLE"];
-    template.extend(locks);
-    let full = template.len();
-    let mut kept = names.len();
-    loop {
-        let attempt = &template[..full - (names.len() - kept)];
-        match timed(metrics, function, || make(attempt)) {
-            Ok(_) => return Ok(()),
-            Err(Error::Pkcs11(RvError::AttributeTypeInvalid, _)) if kept > 0 => {
-                kept -= 1;
-                tracing::warn!(
-                    key = %label, attribute = names[kept],
-                    "the token rejects {} (CKR_ATTRIBUTE_TYPE_INVALID); creating the key \
-                     without it", names[kept]
-                );
+    // Both locks, then each alone, then none: the first that the token accepts wins, so a
+    // token that rejects only one of them still gets the other.
+    let base = template.len();
+    let mut attempt = |modifiable_lock: bool, copyable_lock: bool| {
+        template.truncate(base);
+        if modifiable_lock {
+            template.push(Attribute::Modifiable(false));
+        }
+        if copyable_lock {
+            template.push(Attribute::Copyable(false));
+        }
+        let made = timed(metrics, function, || make(template));
+        if made.is_ok() {
+            for (kept, name) in [
+                (modifiable_lock, "CKA_MODIFIABLE"),
+                (copyable_lock, "CKA_COPYABLE"),
+            ] {
+                if !kept {
+                    tracing::warn!(
+                        key = %label, attribute = name,
+                        "the token rejects {name}=false (CKR_ATTRIBUTE_TYPE_INVALID); the key was \
+                         created without it"
+                    );
+                }
+            }
+        }
+        made.map(drop)
+    };
+    let mut first_error = None;
+    for (modifiable_lock, copyable_lock) in [(true, true), (true, false), (false, true)] {
+        match attempt(modifiable_lock, copyable_lock) {
+            Ok(()) => return Ok(()),
+            Err(err @ Error::Pkcs11(RvError::AttributeTypeInvalid, _)) => {
+                first_error.get_or_insert(err);
             }
             Err(err) => return Err(fail(&err, Operation::Admin)),
         }
     }
+    // If even the template without locks is refused, another attribute is the problem: report
+    // the original failure.
+    attempt(false, false).map_err(|err| fail(&first_error.unwrap_or(err), Operation::Admin))
 }
 
 /// [`HsmError::KeyAlreadyExists`] if a private token object carries `label`.
