@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Parser, ValueEnum};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Uri};
@@ -871,7 +871,7 @@ impl Signer {
 
 fn hmac(key: &[u8], data: &[u8]) -> Result<[u8; 32], String> {
     let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|e| format!("HMAC key: {e}"))?;
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).map_err(|e| format!("HMAC key: {e}"))?;
     mac.update(data);
     Ok(mac.finalize().into_bytes().into())
 }

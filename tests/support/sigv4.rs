@@ -1,7 +1,7 @@
 //! An independent SigV4 signer for tests, written from AWS's documentation rather than with
 //! the `aws-sigv4` crate the proxy verifies with, so a symmetric misuse cannot hide.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::macros::format_description;
