@@ -8,37 +8,12 @@ use std::path::Path;
 use config::{Config, Environment, File, FileFormat};
 
 use super::Settings;
+use super::error::{ConfigError, ConfigErrors, Errors};
 use super::raw::RawConfig;
 
 /// Environment variables starting with this prefix override file values: `XKS__HSM__USER_PIN`
 /// sets `hsm.user_pin`.
 pub const ENV_PREFIX: &str = "XKS";
-
-/// One configuration error, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// Dotted field path, e.g. `key_stores[0].path_prefix`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// All errors found in a configuration; never empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} error(s)):", self.0.len())?;
-        for e in &self.0 {
-            writeln!(f, "  - {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// Loads `path` (TOML) plus `XKS__…` environment overrides and validates the result.
 pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
@@ -167,22 +142,4 @@ fn without_source_lines(text: &str) -> String {
         .filter(|line| !line.trim().is_empty() && !quoted(line))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Collects validation errors.
-#[derive(Default)]
-pub(super) struct Errors(pub(super) Vec<ConfigError>);
-
-impl Errors {
-    pub(super) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Records the error of `result`, if any, and passes the value on.
-    pub(super) fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
-        result.map_err(|m| self.push(field, m)).ok()
-    }
 }

@@ -5,6 +5,7 @@
 //!
 //! `config/xks-proxy.example.toml` documents every field.
 
+mod error;
 mod load;
 mod raw;
 #[cfg(test)]
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use load::{ConfigError, ConfigErrors, ENV_PREFIX, load, load_from_str};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{ENV_PREFIX, load, load_from_str};
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
 use crate::xks::ExternalKeyId;
