@@ -864,7 +864,7 @@ async fn tr_12_a_body_that_never_arrives_is_answered_not_waited_for() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let proxy = ProxyBuilder {
         plaintext: true,
-        server_extra: "handshake_timeout_ms = 300".into(),
+        server_extra: "body_timeout_ms = 300".into(),
         ..Default::default()
     }
     .start()

@@ -321,7 +321,7 @@ fn rss(pid: u32) -> u64 {
 async fn a_stream_flood_stays_within_the_pre_authentication_budget() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("flood CA");
-    let server = Server::start(&config(dir.path(), &ca, "handshake_timeout_ms = 2000\n"));
+    let server = Server::start(&config(dir.path(), &ca, "body_timeout_ms = 2000\n"));
     let pid = server.child.id();
     let client = Client::tls(server.addr, &ca, None).http2();
     client

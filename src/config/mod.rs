@@ -102,6 +102,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// A connection with no request in progress for this long is closed (HTTP/2: GOAWAY).
     pub idle_timeout: Duration,
+    /// Time a client has to send a request body once its head arrived (reloadable).
+    pub body_timeout: Duration,
     /// Most concurrent HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
 }

@@ -61,6 +61,8 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace_ms: u64,
     #[serde(default = "defaults::idle_timeout_ms")]
     pub(super) idle_timeout_ms: u64,
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub(super) body_timeout_ms: u64,
     #[serde(default = "defaults::http2_max_concurrent_streams")]
     pub(super) http2_max_concurrent_streams: u32,
 }
@@ -216,6 +218,11 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn shutdown_grace_ms() -> u64 {
         10_000
+    }
+    /// KMS sends a whole request in one go; seconds are generous and still free a stalled
+    /// request's budget and stream quickly.
+    pub(in crate::config) fn body_timeout_ms() -> u64 {
+        5_000
     }
     /// As HTTP/1.1 keep-alive in hyper: a connection with no request for 30 s is closed.
     pub(in crate::config) fn idle_timeout_ms() -> u64 {

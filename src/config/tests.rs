@@ -398,6 +398,7 @@ fn front_door_limits_have_safe_defaults_and_bounds() {
     let files = Files::new();
     let s = load_from_str(&files.valid_toml()).unwrap();
     assert_eq!(s.server.idle_timeout.as_secs(), 30);
+    assert_eq!(s.server.body_timeout.as_secs(), 5);
     assert_eq!(s.server.http2_max_concurrent_streams, 32);
     assert_eq!(s.limits.pre_auth_buffer_bytes, 16 * 1024 * 1024);
     assert!(s.admin.reload_token_file.is_none());
@@ -405,12 +406,13 @@ fn front_door_limits_have_safe_defaults_and_bounds() {
 
     let toml = files.valid_toml().replace(
         "[server]\n",
-        "[server]\nidle_timeout_ms = 10\nhttp2_max_concurrent_streams = 0\n",
+        "[server]\nidle_timeout_ms = 10\nhttp2_max_concurrent_streams = 0\nbody_timeout_ms = 0\n",
     ) + "[limits]\nmax_body_bytes = 131072\npre_auth_buffer_bytes = 1000\n";
     let got = fields(load_from_str(&toml).unwrap_err());
     for field in [
         "server.idle_timeout_ms",
         "server.http2_max_concurrent_streams",
+        "server.body_timeout_ms",
         "limits.pre_auth_buffer_bytes",
     ] {
         assert!(got.iter().any(|f| f == field), "{field} not in {got:?}");

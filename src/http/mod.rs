@@ -123,7 +123,7 @@ impl ApiConfig {
             routes,
             limits: settings.limits,
             request_timeout: settings.server.request_timeout,
-            body_timeout: settings.server.handshake_timeout,
+            body_timeout: settings.server.body_timeout,
             health_key: settings.hsm.health_key_label.clone(),
         }
     }

@@ -143,6 +143,12 @@ pub(super) fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<Ser
         1_000..=3_600_000,
         errors,
     );
+    let body_timeout = millis(
+        "server.body_timeout_ms",
+        raw.body_timeout_ms,
+        1..=60_000,
+        errors,
+    );
     let http2_max_concurrent_streams = range(
         "server.http2_max_concurrent_streams",
         raw.http2_max_concurrent_streams,
@@ -157,6 +163,7 @@ pub(super) fn validate_server(raw: RawServer, errors: &mut Errors) -> Option<Ser
         request_timeout: request_timeout?,
         shutdown_grace: shutdown_grace?,
         idle_timeout: idle_timeout?,
+        body_timeout: body_timeout?,
         http2_max_concurrent_streams: http2_max_concurrent_streams?,
     })
 }
