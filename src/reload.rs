@@ -12,10 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::config::{self, Settings, Transport};
+use crate::config::{self, RestartOnly, Settings, Transport};
 use crate::http::AppState;
 use crate::logging::LogLevelHandle;
 use crate::server::TlsHandle;
@@ -39,9 +38,9 @@ pub struct Reloader {
     state: Arc<AppState>,
     tls: Option<TlsHandle>,
     logging: Option<LogLevelHandle>,
-    /// The settings the process started with: what restart-only fields still run with, so
-    /// `restart_required` compares against what actually runs, not the last file read.
-    started: Settings,
+    /// The restart-only settings the process started with: what still runs, so a reload
+    /// reports what differs from that, not from the last file read.
+    started: RestartOnly,
     /// Serialises whole reloads.
     serial: Mutex<()>,
 }
@@ -60,7 +59,7 @@ impl Reloader {
             state,
             tls,
             logging,
-            started,
+            started: RestartOnly::of(&started),
             serial: Mutex::new(()),
         }
     }
@@ -103,7 +102,7 @@ impl Reloader {
     /// Validates and swaps; returns the report and the log level still to apply.
     fn try_reload(&self) -> Result<(ReloadReport, String), String> {
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
-        let restart_required = restart_required(&self.started, &new);
+        let restart_required = self.started.changed(&RestartOnly::of(&new));
         // Build everything that can fail before swapping anything.
         let tls = match (&new.server.transport, &self.tls) {
             (Transport::Tls(settings), Some(_)) => {
@@ -139,95 +138,4 @@ impl Reloader {
         };
         Ok((report, new.logging.level))
     }
-}
-
-/// The settings a reload cannot apply that differ between `old` and `new`.
-fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let (o, n) = (&old.hsm, &new.hsm);
-    let same_transport = matches!(
-        (&old.server.transport, &new.server.transport),
-        (Transport::Tls(_), Transport::Tls(_))
-            | (
-                Transport::PlaintextBehindLoadBalancer,
-                Transport::PlaintextBehindLoadBalancer
-            )
-    );
-    let checks = [
-        ("server.listen", old.server.listen != new.server.listen),
-        (
-            "server.tls / plaintext_behind_load_balancer",
-            !same_transport,
-        ),
-        (
-            "server.max_connections",
-            old.server.max_connections != new.server.max_connections,
-        ),
-        (
-            "server.handshake_timeout_ms",
-            old.server.handshake_timeout != new.server.handshake_timeout,
-        ),
-        (
-            "server.shutdown_grace_ms",
-            old.server.shutdown_grace != new.server.shutdown_grace,
-        ),
-        (
-            "server.idle_timeout_ms",
-            old.server.idle_timeout != new.server.idle_timeout,
-        ),
-        (
-            "server.http2_max_concurrent_streams",
-            old.server.http2_max_concurrent_streams != new.server.http2_max_concurrent_streams,
-        ),
-        (
-            "limits.pre_auth_buffer_bytes",
-            old.limits.pre_auth_buffer_bytes != new.limits.pre_auth_buffer_bytes,
-        ),
-        ("admin.listen", old.admin.listen != new.admin.listen),
-        (
-            "admin.reload_token_file",
-            old.admin.reload_token_file != new.admin.reload_token_file,
-        ),
-        (
-            "admin.allowed_hosts",
-            old.admin.allowed_hosts != new.admin.allowed_hosts,
-        ),
-        ("hsm.module", o.module != n.module),
-        ("hsm.token_label / token_serial", o.token != n.token),
-        (
-            "hsm.user_pin",
-            o.user_pin.expose_secret() != n.user_pin.expose_secret(),
-        ),
-        ("hsm.sessions", o.sessions != n.sessions),
-        ("hsm.queue_depth", o.queue_depth != n.queue_depth),
-        (
-            "hsm.health_key_label",
-            o.health_key_label != n.health_key_label,
-        ),
-        (
-            "health.proxy_fleet_size",
-            old.health.proxy_fleet_size != new.health.proxy_fleet_size,
-        ),
-        (
-            "health.cache_ttl_seconds",
-            old.health.cache_ttl != new.health.cache_ttl,
-        ),
-        ("logging.format", old.logging.format != new.logging.format),
-        ("hsm.members", members_differ(old, new)),
-    ];
-    checks
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(name, _)| name)
-        .collect()
-}
-
-/// Whether the HSM fleet changed: members added, removed or pointed elsewhere.
-fn members_differ(old: &Settings, new: &Settings) -> bool {
-    old.hsm_members.len() != new.hsm_members.len()
-        || old.hsm_members.iter().zip(&new.hsm_members).any(|(o, n)| {
-            o.id != n.id
-                || o.hsm.module != n.hsm.module
-                || o.hsm.token != n.hsm.token
-                || o.hsm.user_pin.expose_secret() != n.hsm.user_pin.expose_secret()
-        })
 }

@@ -8,6 +8,7 @@
 mod error;
 mod load;
 mod raw;
+mod restart;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -22,6 +23,7 @@ use secrecy::SecretString;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{ENV_PREFIX, load, load_from_str};
+pub use restart::RestartOnly;
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
 use crate::xks::ExternalKeyId;

@@ -449,3 +449,50 @@ fn admin_reload_token_file_and_allowed_hosts_are_validated() {
     assert_eq!(s.admin.reload_token_file.as_deref(), Some(good.as_path()));
     assert_eq!(s.admin.allowed_hosts, ["metrics.example"]);
 }
+
+#[test]
+fn restart_only_settings_are_told_apart_from_reloadable_ones() {
+    let files = Files::new();
+    let base = load_from_str(&files.valid_toml()).unwrap();
+    let with = |from: &str, to: &str| {
+        let toml = files.valid_toml().replacen(from, to, 1);
+        RestartOnly::of(&load_from_str(&toml).unwrap())
+    };
+    let started = RestartOnly::of(&base);
+    assert!(started.changed(&RestartOnly::of(&base)).is_empty());
+    for (from, to, key) in [
+        (
+            "[server]\n",
+            "[server]\nmax_connections = 7\n",
+            "server.max_connections",
+        ),
+        (
+            "[server]\n",
+            "[server]\nidle_timeout_ms = 9000\n",
+            "server.idle_timeout_ms",
+        ),
+        ("user_pin = \"1234\"", "user_pin = \"4321\"", "hsm.user_pin"),
+        ("[hsm]\n", "[hsm]\nsessions = 9\n", "hsm.sessions"),
+        (
+            "[[key_stores]]",
+            "[logging]\nformat = \"text\"\n[[key_stores]]",
+            "logging.format",
+        ),
+    ] {
+        assert_eq!(started.changed(&with(from, to)), [key], "{to}");
+    }
+    // Reloadable: the log level, request timeout, body limits and key stores.
+    for (from, to) in [
+        (
+            "[server]\n",
+            "[server]\nrequest_timeout_ms = 150\nbody_timeout_ms = 900\n",
+        ),
+        (
+            "[[key_stores]]",
+            "[logging]\nlevel = \"debug\"\n[[key_stores]]",
+        ),
+        ("path_prefix = \"/tenant-a\"", "path_prefix = \"/tenant-b\""),
+    ] {
+        assert!(started.changed(&with(from, to)).is_empty(), "{to}");
+    }
+}
