@@ -8,7 +8,6 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
-use crate::config::HsmMemberSettings;
 use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
 use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::hsm::{FleetBackend, KeyUsage};
@@ -207,7 +206,7 @@ fn check_config(path: &Path) -> Result<(), String> {
 fn open_backend(path: &Path) -> Result<Arc<Pkcs11Backend>, String> {
     let settings = load_settings(path)?;
     init_cli_logging();
-    Pkcs11Backend::open(&settings.hsm)
+    Pkcs11Backend::open(settings.hsm.primary())
         .map(Arc::new)
         .map_err(|e| format!("cannot open the HSM: {e}"))
 }
@@ -232,14 +231,7 @@ fn import_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     let usages = parse_usages(usage)?;
     let settings = load_settings(path)?;
     init_cli_logging();
-    let members = if settings.hsm_members.is_empty() {
-        vec![HsmMemberSettings {
-            id: None,
-            hsm: settings.hsm,
-        }]
-    } else {
-        settings.hsm_members
-    };
+    let members = settings.hsm.members();
     let fleet = FleetBackend::open(&members, &Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot open the HSM: {e}"))?;
     for member in fleet.members() {

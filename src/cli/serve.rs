@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ClientAuth, Settings, Transport};
+use crate::config::{ClientAuth, Hsm, Settings, Transport};
 use crate::hsm::FleetBackend;
 use crate::hsm::KeyBackend;
 use crate::hsm::pkcs11::{Pkcs11Backend, TokenIdentity};
@@ -70,13 +70,16 @@ fn open_backend(
     metrics: &Arc<Metrics>,
 ) -> Result<(Arc<dyn KeyBackend>, TokenIdentity), String> {
     let failed = |e| format!("cannot open the HSM: {e}");
-    if settings.hsm_members.is_empty() {
-        let backend =
-            Pkcs11Backend::open_with_metrics(&settings.hsm, Arc::clone(metrics)).map_err(failed)?;
-        let identity = backend.token_identity();
-        return Ok((Arc::new(backend), identity));
-    }
-    let fleet = FleetBackend::open(&settings.hsm_members, metrics).map_err(failed)?;
+    let members = match &settings.hsm {
+        Hsm::Single(hsm) => {
+            let backend =
+                Pkcs11Backend::open_with_metrics(hsm, Arc::clone(metrics)).map_err(failed)?;
+            let identity = backend.token_identity();
+            return Ok((Arc::new(backend), identity));
+        }
+        Hsm::Fleet(_) => settings.hsm.members(),
+    };
+    let fleet = FleetBackend::open(&members, metrics).map_err(failed)?;
     let identity = fleet.members()[0].backend().token_identity();
     Ok((Arc::new(fleet), identity))
 }

@@ -35,11 +35,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Request size limits.
     pub limits: Limits,
-    /// The HSM: the single `[hsm]` token, or the first member of a fleet.
-    pub hsm: HsmSettings,
-    /// The HSM fleet from `[[hsm.members]]` (1–10 entries, H-12); empty when `[hsm]` names a
-    /// single token, which keeps the single-token backend.
-    pub hsm_members: Vec<HsmMemberSettings>,
+    /// The HSM: the single `[hsm]` token, or a fleet of `[[hsm.members]]`.
+    pub hsm: Hsm,
     /// GetHealthStatus answers.
     pub health: HealthSettings,
     /// One logical key store per path prefix (URI-3); never empty, prefixes unique.
@@ -177,6 +174,60 @@ pub struct HsmSettings {
     pub health_key_label: ExternalKeyId,
     /// Generate the health-check key at startup when the token lacks it.
     pub create_health_key: bool,
+}
+
+/// The HSM the proxy uses: one token, or a fleet of tokens holding the same keys.
+#[derive(Debug, Clone)]
+pub enum Hsm {
+    /// The single token `[hsm]` names (the single-token backend).
+    Single(HsmSettings),
+    /// `[[hsm.members]]` (1–10, H-12), each with `[hsm]`'s defaults applied.
+    Fleet(Fleet),
+}
+
+impl Hsm {
+    /// The settings the members share (pool sizes, health key) and the token that `keys
+    /// create`/`keys list` use: the single token, or the first member of a fleet.
+    pub fn primary(&self) -> &HsmSettings {
+        match self {
+            Self::Single(hsm) => hsm,
+            Self::Fleet(fleet) => &fleet.first.hsm,
+        }
+    }
+
+    /// Every token as a fleet member; a single token is a fleet of one without an id.
+    pub fn members(&self) -> Vec<HsmMemberSettings> {
+        match self {
+            Self::Single(hsm) => vec![HsmMemberSettings {
+                id: None,
+                hsm: hsm.clone(),
+            }],
+            Self::Fleet(fleet) => fleet.members().cloned().collect(),
+        }
+    }
+}
+
+/// The members of an HSM fleet: never empty.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    first: HsmMemberSettings,
+    rest: Vec<HsmMemberSettings>,
+}
+
+impl Fleet {
+    /// A fleet of `members`, or `None` when there is none.
+    pub fn new(members: Vec<HsmMemberSettings>) -> Option<Self> {
+        let mut members = members.into_iter();
+        Some(Self {
+            first: members.next()?,
+            rest: members.collect(),
+        })
+    }
+
+    /// The members in configuration order.
+    pub fn members(&self) -> impl Iterator<Item = &HsmMemberSettings> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
 }
 
 /// One member of an HSM fleet (`[[hsm.members]]`), with `[hsm]`'s defaults applied.

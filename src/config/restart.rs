@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AdminSettings, HealthSettings, HsmMemberSettings, HsmSettings, Limits, LogFormat,
+    AdminSettings, HealthSettings, Hsm, HsmMemberSettings, HsmSettings, Limits, LogFormat,
     LoggingSettings, ServerSettings, Settings, TokenSelector, Transport,
 };
 use crate::xks::ExternalKeyId;
@@ -109,7 +109,6 @@ impl RestartOnly {
             server,
             limits,
             hsm,
-            hsm_members,
             health,
             key_stores: _, // reloadable: stores, credentials, allowlists, quotas
             logging,
@@ -140,7 +139,11 @@ impl RestartOnly {
             queue_depth,
             health_key_label,
             create_health_key,
-        } = hsm;
+        } = hsm.primary();
+        let hsm_members = match hsm {
+            Hsm::Single(_) => Vec::new(),
+            Hsm::Fleet(fleet) => fleet.members().map(member).collect(),
+        };
         let HealthSettings {
             proxy_fleet_size,
             cache_ttl,
@@ -174,7 +177,7 @@ impl RestartOnly {
             hsm_queue_depth: *queue_depth,
             health_key_label: health_key_label.clone(),
             create_health_key: *create_health_key,
-            hsm_members: hsm_members.iter().map(member).collect(),
+            hsm_members,
             proxy_fleet_size: *proxy_fleet_size,
             cache_ttl: *cache_ttl,
             admin_listen: *admin_listen,

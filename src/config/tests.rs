@@ -71,8 +71,8 @@ fn a_minimal_config_gets_safe_defaults() {
     ));
     assert_eq!(s.server.request_timeout.as_millis(), 200);
     assert_eq!(s.limits.max_body_bytes, 128 * 1024);
-    assert_eq!(s.hsm.token, TokenSelector::Label("xks".into()));
-    assert_eq!(s.hsm.user_pin.expose_secret(), "1234");
+    assert_eq!(s.hsm.primary().token, TokenSelector::Label("xks".into()));
+    assert_eq!(s.hsm.primary().user_pin.expose_secret(), "1234");
     assert_eq!(s.health.cache_ttl.as_secs(), 30);
     assert_eq!(s.key_stores.len(), 1);
     assert_eq!(s.key_stores[0].name, "tenant-a");
@@ -221,8 +221,8 @@ fn environment_overrides_file_values_and_supplies_the_pin() {
         ),
     ]);
     let s = load_with_env(file.path(), Some(env)).unwrap();
-    assert_eq!(s.hsm.user_pin.expose_secret(), "98765");
-    assert_eq!(s.hsm.sessions.get(), 9);
+    assert_eq!(s.hsm.primary().user_pin.expose_secret(), "98765");
+    assert_eq!(s.hsm.primary().sessions.get(), 9);
     assert_eq!(s.server.listen.port(), 9443);
 }
 
@@ -242,7 +242,7 @@ fn secrets_and_pins_come_from_files_without_the_trailing_newline() {
             &format!("secret_file = \"{}\"", files.path("secret")),
         );
     let s = load_from_str(&toml).unwrap();
-    assert_eq!(s.hsm.user_pin.expose_secret(), "4321");
+    assert_eq!(s.hsm.primary().user_pin.expose_secret(), "4321");
     assert_eq!(
         s.key_stores[0].credentials[0].secret.expose_secret(),
         SECRET
@@ -292,8 +292,12 @@ fn h_12_hsm_members_inherit_hsm_defaults() {
          [[hsm.members]]\ntoken_serial = \"0123\"\nuser_pin = \"5678\"\n",
     );
     let s = load_from_str(&toml).unwrap();
-    assert_eq!(s.hsm_members.len(), 2);
-    let (a, b) = (&s.hsm_members[0], &s.hsm_members[1]);
+    let Hsm::Fleet(fleet) = &s.hsm else {
+        panic!("a fleet: {:?}", s.hsm)
+    };
+    let members: Vec<_> = fleet.members().collect();
+    assert_eq!(members.len(), 2);
+    let (a, b) = (members[0], members[1]);
     assert_eq!(a.id.as_deref(), Some("a"));
     assert_eq!(a.hsm.token, TokenSelector::Label("xks-a".into()));
     assert_eq!(a.hsm.user_pin.expose_secret(), "1234");
@@ -301,9 +305,14 @@ fn h_12_hsm_members_inherit_hsm_defaults() {
     assert_eq!(b.hsm.token, TokenSelector::Serial("0123".into()));
     assert_eq!(b.hsm.user_pin.expose_secret(), "5678");
     assert_eq!(b.hsm.module, a.hsm.module);
-    assert_eq!(s.hsm.token, a.hsm.token, "settings.hsm is the first member");
+    assert_eq!(
+        s.hsm.primary().token,
+        a.hsm.token,
+        "the first member is primary"
+    );
     let single = load_from_str(&files.valid_toml()).unwrap();
-    assert!(single.hsm_members.is_empty());
+    assert!(matches!(single.hsm, Hsm::Single(_)));
+    assert_eq!(single.hsm.members().len(), 1);
 }
 
 #[test]

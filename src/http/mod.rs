@@ -124,7 +124,7 @@ impl ApiConfig {
             limits: settings.limits,
             request_timeout: settings.server.request_timeout,
             body_timeout: settings.server.body_timeout,
-            health_key: settings.hsm.health_key_label.clone(),
+            health_key: settings.hsm.primary().health_key_label.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::super::error::Errors;
 use super::super::raw::RawHsm;
-use super::super::{HsmMemberSettings, HsmSettings, TokenSelector};
+use super::super::{Fleet, Hsm, HsmMemberSettings, HsmSettings, TokenSelector};
 
 use super::{existing_file, range, secret};
 use crate::xks::ExternalKeyId;
@@ -16,10 +16,7 @@ use crate::xks::ExternalKeyId;
 /// Most HSM members GetHealthStatus can report (`ekmFleetDetails`, H-12).
 const MAX_HSM_MEMBERS: usize = 10;
 
-pub(super) fn validate_hsm(
-    raw: RawHsm,
-    errors: &mut Errors,
-) -> (Option<HsmSettings>, Vec<HsmMemberSettings>) {
+pub(super) fn validate_hsm(raw: RawHsm, errors: &mut Errors) -> Option<Hsm> {
     let RawHsm {
         module,
         token_label,
@@ -51,11 +48,12 @@ pub(super) fn validate_hsm(
         let module = existing_file("hsm.module", module, errors);
         let token = token_selector("hsm", token_label, token_serial, errors);
         let user_pin = pin("hsm", user_pin, user_pin_file, errors);
-        let single = match (module, token, user_pin) {
-            (Some(module), Some(token), Some(user_pin)) => common(module, token, user_pin),
+        return match (module, token, user_pin) {
+            (Some(module), Some(token), Some(user_pin)) => {
+                common(module, token, user_pin).map(Hsm::Single)
+            }
             _ => None,
         };
-        return (single, Vec::new());
     }
     for (field, set) in [
         ("hsm.token_label", token_label.is_some()),
@@ -132,8 +130,7 @@ pub(super) fn validate_hsm(
             fleet.push(HsmMemberSettings { id, hsm });
         }
     }
-    let first = fleet.first().map(|member| member.hsm.clone());
-    (first, fleet)
+    Fleet::new(fleet).map(Hsm::Fleet)
 }
 
 fn valid_member_id(id: &str) -> bool {

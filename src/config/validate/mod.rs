@@ -15,21 +15,21 @@ use secrecy::SecretString;
 
 use super::error::Errors;
 use super::raw::RawConfig;
-use super::{HealthSettings, LogFormat, LoggingSettings, Settings};
+use super::{HealthSettings, Hsm, LogFormat, LoggingSettings, Settings};
 
 pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> {
     let server = server::validate_server(raw.server, errors);
     let limits = server::validate_limits(&raw.limits, errors);
-    let (hsm, hsm_members) = hsm::validate_hsm(raw.hsm, errors);
+    let hsm = hsm::validate_hsm(raw.hsm, errors);
     let health = validate_health(&raw.health, errors);
-    let key_stores = key_stores::validate_key_stores(raw.key_stores, hsm.as_ref(), errors);
+    let key_stores =
+        key_stores::validate_key_stores(raw.key_stores, hsm.as_ref().map(Hsm::primary), errors);
     let logging = validate_logging(raw.logging, errors);
     let admin = server::validate_admin(raw.admin, errors);
     Some(Settings {
         server: server?,
         limits: limits?,
         hsm: hsm?,
-        hsm_members,
         health: health?,
         key_stores,
         logging: logging?,
