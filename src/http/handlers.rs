@@ -6,20 +6,14 @@ use std::time::{Instant, SystemTime};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode, header, request::Parts};
-use zeroize::Zeroizing;
+use http::{Method, header, request::Parts};
 
 use super::audit::{AuditGuard, AuditRecord};
-use super::body;
-use super::error::{ApiError, json_response};
+use super::error::ApiError;
 use super::routing::Operation;
 use super::{ApiConfig, AppState, KeepsConnectionAlive, KeyStore};
-use crate::hsm::{self, GCM_TAG_LEN, HsmError};
-use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
-use crate::xks::wire::{
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, HealthRequest,
-    KeyMetadataRequest, KeyMetadataResponse, b64,
-};
+use super::{body, operations};
+use crate::xks::wire::{DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest};
 use crate::xks::{ErrorName, ExternalKeyId, XksError};
 
 /// `GET /ping`: liveness for load balancers, unauthenticated, no version disclosed (LB-1).
@@ -184,13 +178,13 @@ async fn dispatch(
             audit.metadata = Some(req.metadata);
             let resp = state.health.status(deadline).await?;
             audit.hsm_member = state.backend.member_id().map(str::to_owned);
-            Ok(ok_json(&resp))
+            Ok(operations::ok_json(&resp))
         }
         Operation::KeyMetadata(key) => {
             let req = KeyMetadataRequest::parse(body)?;
             audit.metadata = Some(req.metadata);
             served_key(store, api, &key)?;
-            key_metadata(state, key, deadline, audit).await
+            operations::key_metadata(state, key, deadline, audit).await
         }
         Operation::Encrypt(key) => {
             let req = EncryptRequest::parse(body)?;
@@ -198,7 +192,7 @@ async fn dispatch(
             audit.data_bytes = Some(req.plaintext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            encrypt(state, api, key, req, deadline, audit).await
+            operations::encrypt(state, api, key, req, deadline, audit).await
         }
         Operation::Decrypt(key) => {
             let req = DecryptRequest::parse(body)?;
@@ -206,7 +200,7 @@ async fn dispatch(
             audit.data_bytes = Some(req.ciphertext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            decrypt(state, api, key, req, deadline, audit).await
+            operations::decrypt(state, api, key, req, deadline, audit).await
         }
     }
 }
@@ -237,189 +231,4 @@ fn served_key(store: &KeyStore, api: &ApiConfig, key: &ExternalKeyId) -> Result<
             "no key with this id in this key store",
         ))
     }
-}
-
-/// Records which HSM member served a backend call — the one the backend `noted` (a fleet),
-/// else its only one — unless the call never reached one: a full queue
-/// ([`HsmError::Busy`]) or a deadline that passed first ([`HsmError::Timeout`]).
-fn served_by<T>(
-    state: &AppState,
-    audit: &mut AuditRecord,
-    result: &Result<T, HsmError>,
-    noted: Option<String>,
-) {
-    if !matches!(result, Err(HsmError::Busy | HsmError::Timeout)) {
-        audit.hsm_member = noted.or_else(|| state.backend.member_id().map(str::to_owned));
-    }
-}
-
-fn ok_json<T: serde::Serialize>(value: &T) -> Response {
-    match serde_json::to_string(value) {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(_) => {
-            ApiError::Xks(XksError::internal("response serialization failed")).into_response()
-        }
-    }
-}
-
-async fn key_metadata(
-    state: &AppState,
-    key: ExternalKeyId,
-    deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<Response, ApiError> {
-    let (meta, member) = hsm::recording_member(state.backend.key_metadata(key, deadline)).await;
-    served_by(state, audit, &meta, member);
-    let meta = meta?;
-    Ok(ok_json(&KeyMetadataResponse {
-        key_spec: meta.spec.as_str().to_owned(),
-        // K-5: at most 10 values; PKCS#11 yields at most 7.
-        key_usage: meta
-            .usages
-            .iter()
-            .take(10)
-            .map(|u| u.as_str().to_owned())
-            .collect(),
-        key_status: meta.status.as_str().to_owned(),
-    }))
-}
-
-fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), XksError> {
-    let limits = &api.limits;
-    if data_len > limits.max_plaintext_bytes {
-        return Err(XksError::unsupported(format!(
-            "data longer than {} bytes is not supported",
-            limits.max_plaintext_bytes
-        )));
-    }
-    if aad_len > limits.max_aad_bytes {
-        return Err(XksError::unsupported(format!(
-            "additionalAuthenticatedData longer than {} bytes is not supported",
-            limits.max_aad_bytes
-        )));
-    }
-    Ok(())
-}
-
-async fn encrypt(
-    state: &AppState,
-    api: &ApiConfig,
-    key: ExternalKeyId,
-    req: EncryptRequest,
-    deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<Response, ApiError> {
-    // E-18: KMS never encrypts an empty plaintext; refusing it keeps GCM inputs non-trivial.
-    if req.plaintext.is_empty() {
-        return Err(XksError::validation("plaintext must not be empty").into());
-    }
-    check_sizes(api, req.plaintext.len(), req.aad.len())?;
-    // No ciphertextMetadata is emitted: the AAD carries a zero metadata length (AAD-2).
-    let ekm_aad =
-        framing::ekm_aad(&req.aad, &[]).map_err(|e| XksError::unsupported(e.to_string()))?;
-    let plaintext = req.plaintext;
-    let (sealed, member) = hsm::recording_member(state.backend.encrypt(
-        key.clone(),
-        hsm::EncryptRequest {
-            plaintext: plaintext.clone(),
-            aad: ekm_aad.clone(),
-        },
-        deadline,
-    ))
-    .await;
-    served_by(state, audit, &sealed, member);
-    let sealed = sealed?;
-    let cdiv = if req.want_cdiv {
-        // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
-        let cdiv = framing::cdiv_sha256(&req.aad, &[], &sealed.iv, &sealed.ciphertext, &sealed.tag);
-        verify_decryptable(state, key, &sealed, ekm_aad, &plaintext, deadline).await?;
-        Some(b64(&cdiv))
-    } else {
-        None
-    };
-    Ok(ok_json(&EncryptResponse {
-        ciphertext: b64(&sealed.ciphertext),
-        ciphertext_metadata: None,
-        initialization_vector: b64(&sealed.iv),
-        authentication_tag: b64(&sealed.tag),
-        ciphertext_data_integrity_value: cdiv,
-    }))
-}
-
-/// The verification decrypt of CDIV-6 through the same path as XKS Decrypt.
-async fn verify_decryptable(
-    state: &AppState,
-    key: ExternalKeyId,
-    sealed: &hsm::GcmCiphertext,
-    ekm_aad: Vec<u8>,
-    plaintext: &[u8],
-    deadline: Instant,
-) -> Result<(), ApiError> {
-    let request = hsm::DecryptRequest {
-        ciphertext: sealed.ciphertext.clone(),
-        iv: sealed.iv.to_vec(),
-        tag: sealed.tag,
-        aad: ekm_aad,
-    };
-    match state.backend.decrypt(key, request, deadline).await {
-        Ok(roundtrip) if roundtrip.as_slice() == plaintext => Ok(()),
-        Ok(_) => Err(XksError::internal("the verification decrypt returned different data").into()),
-        // CDIV-8: an encrypt-only key cannot pass the verification decrypt.
-        Err(err @ (HsmError::KeyUsageNotPermitted { .. } | HsmError::Timeout | HsmError::Busy)) => {
-            Err(err.into())
-        }
-        // CDIV-9: any other failure means the ciphertext cannot be trusted.
-        Err(err) => {
-            tracing::error!(error = %err, "CDIV verification decrypt failed");
-            Err(XksError::internal("the new ciphertext failed its verification decrypt").into())
-        }
-    }
-}
-
-async fn decrypt(
-    state: &AppState,
-    api: &ApiConfig,
-    key: ExternalKeyId,
-    req: DecryptRequest,
-    deadline: Instant,
-    audit: &mut AuditRecord,
-) -> Result<Response, ApiError> {
-    // D-6, D-7: malformed IV or tag make the ciphertext invalid; checked before the HSM.
-    if !matches!(req.iv.len(), 12 | 16) {
-        return Err(XksError::new(
-            ErrorName::InvalidCiphertextException,
-            "initializationVector must be 12 or 16 bytes",
-        )
-        .into());
-    }
-    let tag: [u8; GCM_TAG_LEN] = req.tag.as_slice().try_into().map_err(|_| {
-        XksError::new(
-            ErrorName::InvalidCiphertextException,
-            "authenticationTag must be 16 bytes",
-        )
-    })?;
-    if req.ciphertext_metadata.len() > MAX_CIPHERTEXT_METADATA_LEN {
-        return Err(XksError::validation("ciphertextMetadata must be at most 20 bytes").into());
-    }
-    if req.ciphertext.is_empty() {
-        return Err(XksError::validation("ciphertext must not be empty").into());
-    }
-    check_sizes(api, req.ciphertext.len(), req.aad.len())?;
-    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
-    let (plaintext, member) = hsm::recording_member(state.backend.decrypt(
-        key,
-        hsm::DecryptRequest {
-            ciphertext: req.ciphertext,
-            iv: req.iv,
-            tag,
-            aad: ekm_aad,
-        },
-        deadline,
-    ))
-    .await;
-    served_by(state, audit, &plaintext, member);
-    let plaintext = plaintext?;
-    Ok(ok_json(&DecryptResponse {
-        plaintext: Zeroizing::new(b64(&plaintext)),
-    }))
 }

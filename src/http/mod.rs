@@ -11,6 +11,7 @@ pub mod audit;
 mod body;
 mod error;
 mod handlers;
+mod operations;
 mod quota;
 mod routing;
 
