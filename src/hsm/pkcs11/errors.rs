@@ -4,7 +4,9 @@
 //! [`classify`] matches every [`RvError`] explicitly, without a catch-all arm: a return value
 //! added by a new cryptoki release is a compile error here, not a silent `InternalException`.
 //! Failures that are not the request's fault carry a [`Tier`], which tells the worker pool how
-//! much to repair: a session, the login, or (later) the whole context.
+//! much to repair: a session, the login, or the whole context. A vendor-defined or unknown
+//! code is a session failure that escalates to the device tier only when it repeats
+//! (`repair`).
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
@@ -114,6 +116,11 @@ pub(super) fn is_stale_handle(err: &HsmError) -> bool {
             || f.code == rv_name(RvError::KeyHandleInvalid))
 }
 
+/// Whether the HSM answered with a vendor-defined or unknown return code (see `repair`).
+pub(super) fn is_unknown_code(failure: &Pkcs11Failure) -> bool {
+    failure.code.starts_with("CKR_VENDOR_DEFINED(") || failure.code.starts_with("CKR_UNKNOWN(")
+}
+
 fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
     let decrypting = matches!(
         function,
@@ -189,10 +196,12 @@ fn verdict(rv: RvError) -> Verdict {
         | R::MutexBad
         | R::MutexNotLocked
         | R::CantLock
-        | R::NeedToCreateThreads
-        // Unknown meaning: assume the worst; repairing costs one session.
-        | R::VendorDefined(_)
-        | R::UnknownErrorCode(_) => Failure(Tier::Device),
+        | R::NeedToCreateThreads => Failure(Tier::Device),
+
+        // Unknown meaning: replace the session, which is cheap and serves the next request;
+        // `repair` escalates to the device tier (a context rebuild, which stops every session
+        // on the module) only when such codes repeat.
+        R::VendorDefined(_) | R::UnknownErrorCode(_) => Failure(Tier::Session),
 
         R::Cancel
         | R::ArgumentsBad
@@ -377,7 +386,8 @@ mod tests {
             (RvError::TokenNotPresent, Tier::Device),
             (RvError::TokenNotRecognized, Tier::Device),
             (RvError::CryptokiNotInitialized, Tier::Device),
-            (RvError::VendorDefined(0x8000_0001), Tier::Device),
+            (RvError::VendorDefined(0x8000_0001), Tier::Session),
+            (RvError::UnknownErrorCode(0x1234), Tier::Session),
         ];
         for (code, tier) in cases {
             let err = rv(code, Function::EncryptInit, Operation::Encrypt);
@@ -399,6 +409,27 @@ mod tests {
                 tier: Tier::Device,
             }),
         );
+    }
+
+    #[test]
+    fn unknown_codes_are_recognised() {
+        for code in [
+            RvError::VendorDefined(0x8000_0001),
+            RvError::UnknownErrorCode(0x1234),
+        ] {
+            let HsmError::Pkcs11(failure) = rv(code, Function::Encrypt, Operation::Encrypt) else {
+                panic!("{code:?} is a PKCS#11 failure");
+            };
+            assert!(is_unknown_code(&failure), "{code:?}");
+        }
+        let HsmError::Pkcs11(known) = rv(
+            RvError::SessionClosed,
+            Function::Encrypt,
+            Operation::Encrypt,
+        ) else {
+            panic!("CKR_SESSION_CLOSED is a PKCS#11 failure");
+        };
+        assert!(!is_unknown_code(&known));
     }
 
     #[test]

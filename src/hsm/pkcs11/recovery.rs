@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::errors::is_unknown_code;
 use super::{Shared, token};
 use crate::config::TokenSelector;
 use crate::hsm::{HsmError, Tier};
@@ -165,7 +166,8 @@ fn run(shared: &Shared, selector: &TokenSelector) {
 /// works. A member alone on its module first rebuilds the whole context (`C_Finalize`,
 /// `C_Initialize`, unless done since generation `seen`). A member sharing its module with
 /// others only reconnects — one pulled token must not take its healthy neighbours down — and
-/// rebuilds the context only when the library itself fails (`C_GetSlotList` at device tier).
+/// rebuilds the context only when the library itself fails (`C_GetSlotList` at device tier,
+/// or with an unknown code: during a recovery that is no longer a session's problem).
 fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), HsmError> {
     let alone = shared.module.member_count() <= 1;
     if alone {
@@ -173,7 +175,9 @@ fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), H
     }
     match reconnect(shared, selector) {
         Err(HsmError::Pkcs11(failure))
-            if !alone && failure.tier == Tier::Device && failure.function == "C_GetSlotList" =>
+            if !alone
+                && (failure.tier == Tier::Device || is_unknown_code(&failure))
+                && failure.function == "C_GetSlotList" =>
         {
             shared.module.reinitialize(seen, shared)?;
             reconnect(shared, selector)
