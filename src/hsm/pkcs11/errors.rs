@@ -12,7 +12,7 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 
 use super::codes::{function_name, rv_name};
-use crate::hsm::{HsmError, Pkcs11Failure, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 
 /// What the backend was doing when a PKCS#11 call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,23 +63,36 @@ enum Verdict {
 
 /// Classifies a cryptoki error raised during `op`. Pure; see [`fail`] for the logging variant.
 pub(super) fn classify(err: &Error, op: Operation) -> HsmError {
+    use Pkcs11Call::{Binding, Function as Call};
     let (function, code, tier) = match err {
         Error::Pkcs11(rv, function) => return classify_rv(*rv, *function, op),
-        Error::LibraryLoading(_) => ("dlopen", "module could not be loaded", Tier::Device),
-        Error::NullFunctionPointer => ("C_GetFunctionList", "missing function", Tier::Device),
-        Error::MissingSymbol(_) => ("dlsym", "missing symbol", Tier::Device),
-        Error::NotSupported => ("cryptoki", "feature not supported", Tier::Request),
+        Error::LibraryLoading(_) => (
+            Binding("dlopen"),
+            "module could not be loaded",
+            Tier::Device,
+        ),
+        Error::NullFunctionPointer => (
+            Call(Function::GetFunctionList),
+            "missing function",
+            Tier::Device,
+        ),
+        Error::MissingSymbol(_) => (Binding("dlsym"), "missing symbol", Tier::Device),
+        Error::NotSupported => (Binding("cryptoki"), "feature not supported", Tier::Request),
         Error::TryFromInt(_)
         | Error::TryFromSlice(_)
         | Error::ParseInt(_)
         | Error::Utf8(_)
         | Error::NulError(_)
-        | Error::InvalidValue => ("cryptoki", "value conversion failed", Tier::Request),
-        Error::PinNotSet => ("C_Login", "PIN not set", Tier::Login),
+        | Error::InvalidValue => (
+            Binding("cryptoki"),
+            "value conversion failed",
+            Tier::Request,
+        ),
+        Error::PinNotSet => (Call(Function::Login), "PIN not set", Tier::Login),
     };
     HsmError::Pkcs11(Pkcs11Failure {
         function,
-        code: code.to_owned(),
+        code: Pkcs11Code::Anomaly(code),
         tier,
     })
 }
@@ -91,11 +104,11 @@ pub(super) fn fail(err: &Error, op: Operation) -> HsmError {
     let classified = classify(err, op);
     match &classified {
         HsmError::Pkcs11(f) if f.tier == Tier::Device => tracing::error!(
-            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            operation = op.as_str(), function = %f.function, code = %f.code, tier = ?f.tier,
             "PKCS#11 call failed"
         ),
         HsmError::Pkcs11(f) => tracing::warn!(
-            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            operation = op.as_str(), function = %f.function, code = %f.code, tier = ?f.tier,
             "PKCS#11 call failed"
         ),
         other => match err {
@@ -111,14 +124,21 @@ pub(super) fn fail(err: &Error, op: Operation) -> HsmError {
 
 /// Whether `err` says a cached object handle no longer names an object.
 pub(super) fn is_stale_handle(err: &HsmError) -> bool {
-    matches!(err, HsmError::Pkcs11(f)
-        if f.code == rv_name(RvError::ObjectHandleInvalid)
-            || f.code == rv_name(RvError::KeyHandleInvalid))
+    matches!(
+        err,
+        HsmError::Pkcs11(Pkcs11Failure {
+            code: Pkcs11Code::Rv(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid),
+            ..
+        })
+    )
 }
 
 /// Whether the HSM answered with a vendor-defined or unknown return code (see `repair`).
 pub(super) fn is_unknown_code(failure: &Pkcs11Failure) -> bool {
-    failure.code.starts_with("CKR_VENDOR_DEFINED(") || failure.code.starts_with("CKR_UNKNOWN(")
+    matches!(
+        failure.code,
+        Pkcs11Code::Rv(RvError::VendorDefined(_) | RvError::UnknownErrorCode(_))
+    )
 }
 
 fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
@@ -136,8 +156,8 @@ fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
         Verdict::InputSize => HsmError::InputTooLarge,
         Verdict::Ciphertext(_) if decrypting => HsmError::InvalidCiphertext,
         Verdict::Ciphertext(tier) | Verdict::Failure(tier) => HsmError::Pkcs11(Pkcs11Failure {
-            function: function_name(function),
-            code: rv_name(rv),
+            function: Pkcs11Call::Function(function),
+            code: Pkcs11Code::Rv(rv),
             tier,
         }),
     }
@@ -337,8 +357,8 @@ mod tests {
                 Operation::Encrypt
             ),
             HsmError::Pkcs11(Pkcs11Failure {
-                function: "C_Encrypt",
-                code: "CKR_ENCRYPTED_DATA_INVALID".into(),
+                function: Pkcs11Call::Function(Function::Encrypt),
+                code: Pkcs11Code::Rv(RvError::EncryptedDataInvalid),
                 tier: Tier::Request,
             }),
         );
@@ -404,8 +424,8 @@ mod tests {
                 Operation::Decrypt
             ),
             HsmError::Pkcs11(Pkcs11Failure {
-                function: "C_DecryptInit",
-                code: "CKR_DEVICE_ERROR".into(),
+                function: Pkcs11Call::Function(Function::DecryptInit),
+                code: Pkcs11Code::Rv(RvError::DeviceError),
                 tier: Tier::Device,
             }),
         );

@@ -34,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use cryptoki::context::Function;
 use cryptoki::session::Session;
 use tokio::sync::oneshot;
 
@@ -42,7 +43,7 @@ use super::errors::is_unknown_code;
 use super::liveness::Liveness;
 use super::repair::{self, Repair};
 use super::token;
-use crate::hsm::{HsmError, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Tier};
 
 /// First wait before retrying to open a session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -200,7 +201,8 @@ impl<T> Submitted<T> {
 /// Whether `err` is the token refusing our credentials at `C_Login`: retrying could lock
 /// the user PIN, so nobody logs in again until an operator restarts the proxy.
 pub(super) fn refuses_login(err: &HsmError) -> bool {
-    matches!(err, HsmError::Pkcs11(f) if f.function == "C_Login" && f.tier == Tier::Login)
+    matches!(err, HsmError::Pkcs11(f)
+        if f.function == Pkcs11Call::Function(Function::Login) && f.tier == Tier::Login)
 }
 
 /// One worker thread's state.

@@ -21,12 +21,13 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cryptoki::context::Function;
 use parking_lot::{Condvar, Mutex};
 
 use super::errors::is_unknown_code;
 use super::{Shared, token};
 use crate::config::TokenSelector;
-use crate::hsm::{HsmError, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Tier};
 
 /// First pause between rebuild attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -177,7 +178,7 @@ fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), H
         Err(HsmError::Pkcs11(failure))
             if !alone
                 && (failure.tier == Tier::Device || is_unknown_code(&failure))
-                && failure.function == "C_GetSlotList" =>
+                && failure.function == Pkcs11Call::Function(Function::GetSlotList) =>
         {
             shared.module.reinitialize(seen, shared)?;
             reconnect(shared, selector)
