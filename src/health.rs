@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use crate::config::HealthSettings;
 use crate::hsm::{HsmError, HsmHealth, KeyBackend, MemberStatus};
 use crate::metrics::Metrics;
+use crate::xks::XksError;
 use crate::xks::wire::{EkmFleetMember, HealthResponse};
-use crate::xks::{ErrorName, XksError};
 
 /// Most `ekmFleetDetails` entries the spec allows (H-12).
 const MAX_FLEET_ENTRIES: usize = 10;
@@ -82,15 +82,12 @@ impl HealthService {
 
     /// A cached result younger than the TTL, or a fresh deep check.
     async fn current(&self, deadline: Instant) -> Result<HsmHealth, XksError> {
-        let timeout = || {
-            XksError::new(
-                ErrorName::DependencyTimeoutException,
-                "the health check did not finish in time",
-            )
-        };
+        // Waiting past the deadline for another request's deep check is the HSM not answering
+        // in time, like the check itself timing out: both take the one HsmError → XksError
+        // mapping (`hsm::error`), DependencyTimeoutException.
         let mut cache = tokio::time::timeout_at(deadline.into(), self.cache.lock())
             .await
-            .map_err(|_| timeout())?;
+            .map_err(|_| XksError::from(HsmError::Timeout))?;
         if let Some((at, health)) = cache.as_ref()
             && at.elapsed() < self.ttl
         {
@@ -102,9 +99,11 @@ impl HealthService {
             .health(deadline)
             .await
             .map_err(|err| match err {
-                HsmError::Timeout => timeout(),
-                // The check never ran: every session is busy. KMS polls again.
-                HsmError::Busy => XksError::from(HsmError::Busy),
+                // The check never ran (every session busy, or the deadline passed first):
+                // nothing is known about the HSM, and KMS polls again.
+                err @ (HsmError::Timeout | HsmError::Busy) => XksError::from(err),
+                // Any other failure is the HSM failing its check: InternalException whatever
+                // the error (H-16), never e.g. the health key's KeyNotFoundException.
                 other => {
                     tracing::error!(error = %other, "deep health check failed");
                     if let Some(member) = self.backend.member_id() {
@@ -146,7 +145,7 @@ mod tests {
     use crate::hsm::{
         BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, KeyMetadata, MemberHealth,
     };
-    use crate::xks::ExternalKeyId;
+    use crate::xks::{ErrorName, ExternalKeyId};
 
     struct Scripted {
         answer: Result<HsmHealth, HsmError>,

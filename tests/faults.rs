@@ -403,3 +403,79 @@ async fn key_hygiene_refused_keys_are_key_not_found_over_http() {
     // The real key of this proxy still serves.
     hsm.encrypt().await.assert_ok();
 }
+
+/// Log lines printed until one contains `needle` (at most 10 s), plus those printed in the
+/// 200 ms after it, so that a line the same failure logs a little later is included too.
+fn log_through(server: &Server, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line containing {needle:?} within 10 s:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        lines.extend(server.drain_log());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    lines.extend(server.drain_log());
+    lines
+}
+
+/// The log lines that say the PKCS#11 context is (being) rebuilt.
+fn rebuilds(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("rebuilding the context") || l.contains("context rebuilt"))
+        .collect()
+}
+
+/// A vendor-defined return code says nothing about the device: once, it costs the request
+/// (its XKS error as before) and the session it came from, not a rebuild of the module that
+/// every session (and every fleet member on it) shares.
+#[tokio::test]
+async fn recovery_one_unknown_return_code_replaces_its_session_only() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    hsm.set("fail C_Encrypt 0x80000001 once\n");
+    let started = Instant::now();
+    hsm.encrypt().await.assert_error(500, "InternalException");
+    within_deadline(started.elapsed());
+    let lines = log_through(&hsm.server, "CKR_VENDOR_DEFINED(0x80000001)");
+    assert_eq!(rebuilds(&lines), Vec::<&String>::new(), "one unknown code");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("replacing the PKCS#11 session")),
+        "{lines:#?}"
+    );
+    // Nothing is being rebuilt, so nothing fails fast: every request is served.
+    for i in 0..10 {
+        let reply = hsm.encrypt().await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+}
+
+/// The same unknown code again and again is the device: after a few in a row the context is
+/// rebuilt like after CKR_DEVICE_ERROR, and the proxy heals once the code stops.
+#[tokio::test]
+async fn recovery_a_repeating_unknown_return_code_rebuilds_the_context() {
+    let hsm = Faulty::start(2, 16);
+    hsm.encrypt().await.assert_ok();
+    hsm.set("fail C_Encrypt 0x80000001 always\n");
+    for _ in 1..xks_proxy::hsm::pkcs11::UNKNOWN_CODE_STREAK {
+        hsm.encrypt().await.assert_error(500, "InternalException");
+    }
+    let lines = log_through(&hsm.server, "CKR_VENDOR_DEFINED(0x80000001)");
+    assert_eq!(rebuilds(&lines), Vec::<&String>::new(), "before the streak");
+    let started = Instant::now();
+    hsm.encrypt().await.assert_error(500, "InternalException");
+    within_deadline(started.elapsed());
+    hsm.server
+        .wait_for_log("rebuilding the context in the background");
+    hsm.set("");
+    let took = hsm.time_to_recover().await;
+    eprintln!("MEASURE repeated unknown code lifted -> first success: {took:?}");
+    hsm.server.wait_for_log("PKCS#11 context rebuilt");
+}

@@ -21,7 +21,7 @@ use softhsm::{HEALTH_KEY, backend, deadline, key_id, raw_session};
 use xks_proxy::hsm::pkcs11::Pkcs11Backend;
 use xks_proxy::hsm::{
     DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, KeyBackend, KeySpec, KeyStatus,
-    KeyUsage, MemberStatus, Tier,
+    KeyUsage, MemberStatus, Pkcs11Call, Pkcs11Code, Tier,
 };
 use zeroize::Zeroizing;
 
@@ -701,7 +701,15 @@ hsm_test! {
         settings.user_pin = secrecy::SecretString::from("wrong-pin");
         match Pkcs11Backend::open(&settings).err().unwrap() {
             HsmError::Pkcs11(failure) => {
-                assert_eq!((failure.function, failure.code.as_str()), ("C_Login", "CKR_PIN_INCORRECT"));
+                assert_eq!(
+                    failure.function,
+                    Pkcs11Call::Function(cryptoki::context::Function::Login)
+                );
+                assert_eq!(
+                    failure.code,
+                    Pkcs11Code::Rv(cryptoki::error::RvError::PinIncorrect)
+                );
+                assert_eq!(failure.to_string(), "C_Login failed with CKR_PIN_INCORRECT");
                 assert_eq!(failure.tier, Tier::Login);
             }
             other => panic!("{other:?}"),

@@ -5,6 +5,10 @@
 //! `errorName`.
 
 use std::fmt;
+use std::mem::discriminant;
+
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
 
 use crate::xks::{ErrorName, XksError};
 
@@ -23,14 +27,51 @@ pub enum Tier {
 }
 
 /// A PKCS#11 failure: which function, which `CKR_*` code, how bad.
+///
+/// Displayed as `C_Encrypt failed with CKR_DEVICE_ERROR` (names from `pkcs11::codes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pkcs11Failure {
     /// The PKCS#11 function, e.g. `C_Encrypt`.
-    pub function: &'static str,
-    /// The return value name, e.g. `CKR_DEVICE_ERROR`.
-    pub code: String,
+    pub function: Pkcs11Call,
+    /// The return value, e.g. `CKR_DEVICE_ERROR`.
+    pub code: Pkcs11Code,
     /// Recovery class.
     pub tier: Tier,
+}
+
+/// Where a [`Pkcs11Failure`] happened.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Pkcs11Call {
+    /// A PKCS#11 function, displayed by its `C_*` name.
+    Function(Function),
+    /// The PKCS#11 binding before or around any function: `dlopen`, `dlsym`, `cryptoki`.
+    Binding(&'static str),
+}
+
+// By hand: cryptoki's `Function` is a fieldless enum without `PartialEq`; its discriminant
+// names the function exactly.
+impl PartialEq for Pkcs11Call {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Function(a), Self::Function(b)) => discriminant(a) == discriminant(b),
+            (Self::Binding(a), Self::Binding(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Pkcs11Call {}
+
+/// What a [`Pkcs11Failure`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pkcs11Code {
+    /// A `CK_RV` other than `CKR_OK`, displayed by its `CKR_*` name.
+    Rv(RvError),
+    /// No return value explains the failure (the module could not be loaded, or answered
+    /// `CKR_OK` with an unusable result); displayed as this description.
+    Anomaly(&'static str),
 }
 
 impl fmt::Display for Pkcs11Failure {
@@ -123,8 +164,8 @@ mod tests {
     #[test]
     fn each_hsm_error_has_its_spec_error_name() {
         let failure = Pkcs11Failure {
-            function: "C_Encrypt",
-            code: "CKR_DEVICE_ERROR".into(),
+            function: Pkcs11Call::Function(Function::Encrypt),
+            code: Pkcs11Code::Rv(RvError::DeviceError),
             tier: Tier::Device,
         };
         let cases = [
@@ -170,10 +211,11 @@ mod tests {
     #[test]
     fn internal_details_stay_out_of_the_message() {
         let err = HsmError::Pkcs11(Pkcs11Failure {
-            function: "C_Encrypt",
-            code: "CKR_DEVICE_ERROR".into(),
+            function: Pkcs11Call::Function(Function::Encrypt),
+            code: Pkcs11Code::Rv(RvError::DeviceError),
             tier: Tier::Device,
         });
+        assert_eq!(err.to_string(), "C_Encrypt failed with CKR_DEVICE_ERROR");
         assert!(!XksError::from(err).message().contains("CKR_"));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use zeroize::Zeroizing;
 
-pub use error::{HsmError, Pkcs11Failure, Tier};
+pub use error::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 pub use fleet::{FleetBackend, FleetMember};
 pub use served::{note_member, recording_member};
 

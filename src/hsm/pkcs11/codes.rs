@@ -7,8 +7,30 @@
 //!
 //! [`Pkcs11Failure`]: crate::hsm::Pkcs11Failure
 
+use std::fmt;
+
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
+
+use crate::hsm::{Pkcs11Call, Pkcs11Code};
+
+impl fmt::Display for Pkcs11Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Function(function) => f.write_str(function_name(*function)),
+            Self::Binding(what) => f.write_str(what),
+        }
+    }
+}
+
+impl fmt::Display for Pkcs11Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rv(rv) => f.write_str(&rv_name(*rv)),
+            Self::Anomaly(what) => f.write_str(what),
+        }
+    }
+}
 
 /// The `CKR_*` name of a return value.
 pub(super) fn rv_name(rv: RvError) -> String {
@@ -161,5 +183,23 @@ mod tests {
         );
         assert_eq!(function_name(Function::DecryptInit), "C_DecryptInit");
         assert_eq!(function_name(Function::InitPIN), "C_InitPIN");
+    }
+
+    #[test]
+    fn typed_failures_display_the_names_and_compare_by_function() {
+        let login = Pkcs11Call::Function(Function::Login);
+        assert_eq!(login.to_string(), "C_Login");
+        assert_eq!(login, Pkcs11Call::Function(Function::Login));
+        assert_ne!(login, Pkcs11Call::Function(Function::Logout));
+        assert_ne!(login, Pkcs11Call::Binding("C_Login"));
+        assert_eq!(Pkcs11Call::Binding("dlopen").to_string(), "dlopen");
+        assert_eq!(
+            Pkcs11Code::Rv(RvError::VendorDefined(0x8000_0001)).to_string(),
+            "CKR_VENDOR_DEFINED(0x80000001)"
+        );
+        assert_eq!(
+            Pkcs11Code::Anomaly("missing symbol").to_string(),
+            "missing symbol"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! here, because SoftHSM silently accepts an empty IV and would reuse the nonce. PKCS#11
 //! returns `ciphertext‖tag`; the tag is split off on the way out and appended on the way in.
 
+use cryptoki::context::Function;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::ObjectHandle;
@@ -20,7 +21,7 @@ use super::timing::call;
 use super::token::{self, TokenIdentity};
 use crate::hsm::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
-    KeyStatus, Pkcs11Failure, Tier,
+    KeyStatus, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier,
 };
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
@@ -126,8 +127,8 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
     if opened.as_slice() != HEALTH_PLAINTEXT {
         tracing::error!("the health-check decryption returned different bytes");
         return Err(HsmError::Pkcs11(Pkcs11Failure {
-            function: "C_Decrypt",
-            code: "health check round trip mismatch".into(),
+            function: Pkcs11Call::Function(Function::Decrypt),
+            code: Pkcs11Code::Anomaly("health check round trip mismatch"),
             tier: Tier::Device,
         }));
     }
@@ -156,11 +157,11 @@ fn gcm_encrypt(
         })?
     };
     if output.len() != plaintext.len() + GCM_TAG_LEN {
-        return Err(unexpected_length("C_Encrypt"));
+        return Err(unexpected_length(Function::Encrypt));
     }
     let tag_bytes = output.split_off(plaintext.len());
     let tag = <[u8; GCM_TAG_LEN]>::try_from(tag_bytes.as_slice())
-        .map_err(|_| unexpected_length("C_Encrypt"))?;
+        .map_err(|_| unexpected_length(Function::Encrypt))?;
     Ok(GcmCiphertext {
         ciphertext: output,
         iv,
@@ -185,17 +186,18 @@ fn gcm_decrypt(
     })
     .map(Zeroizing::new)?;
     if plaintext.len() + GCM_TAG_LEN != input.len() {
-        return Err(unexpected_length("C_Decrypt"));
+        return Err(unexpected_length(Function::Decrypt));
     }
     Ok(plaintext)
 }
 
 /// The HSM answered `CKR_OK` with an output of the wrong size.
-fn unexpected_length(function: &'static str) -> HsmError {
-    tracing::error!(function, "PKCS#11 returned an output of unexpected length");
+fn unexpected_length(function: Function) -> HsmError {
+    let function = Pkcs11Call::Function(function);
+    tracing::error!(%function, "PKCS#11 returned an output of unexpected length");
     HsmError::Pkcs11(Pkcs11Failure {
         function,
-        code: "CKR_OK with an output of unexpected length".into(),
+        code: Pkcs11Code::Anomaly("CKR_OK with an output of unexpected length"),
         tier: Tier::Device,
     })
 }

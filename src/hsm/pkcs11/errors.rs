@@ -4,13 +4,15 @@
 //! [`classify`] matches every [`RvError`] explicitly, without a catch-all arm: a return value
 //! added by a new cryptoki release is a compile error here, not a silent `InternalException`.
 //! Failures that are not the request's fault carry a [`Tier`], which tells the worker pool how
-//! much to repair: a session, the login, or (later) the whole context.
+//! much to repair: a session, the login, or the whole context. A vendor-defined or unknown
+//! code is a session failure that escalates to the device tier only when it repeats
+//! (`repair`).
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error, RvError};
 
 use super::codes::{function_name, rv_name};
-use crate::hsm::{HsmError, Pkcs11Failure, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 
 /// What the backend was doing when a PKCS#11 call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,23 +63,36 @@ enum Verdict {
 
 /// Classifies a cryptoki error raised during `op`. Pure; see [`fail`] for the logging variant.
 pub(super) fn classify(err: &Error, op: Operation) -> HsmError {
+    use Pkcs11Call::{Binding, Function as Call};
     let (function, code, tier) = match err {
         Error::Pkcs11(rv, function) => return classify_rv(*rv, *function, op),
-        Error::LibraryLoading(_) => ("dlopen", "module could not be loaded", Tier::Device),
-        Error::NullFunctionPointer => ("C_GetFunctionList", "missing function", Tier::Device),
-        Error::MissingSymbol(_) => ("dlsym", "missing symbol", Tier::Device),
-        Error::NotSupported => ("cryptoki", "feature not supported", Tier::Request),
+        Error::LibraryLoading(_) => (
+            Binding("dlopen"),
+            "module could not be loaded",
+            Tier::Device,
+        ),
+        Error::NullFunctionPointer => (
+            Call(Function::GetFunctionList),
+            "missing function",
+            Tier::Device,
+        ),
+        Error::MissingSymbol(_) => (Binding("dlsym"), "missing symbol", Tier::Device),
+        Error::NotSupported => (Binding("cryptoki"), "feature not supported", Tier::Request),
         Error::TryFromInt(_)
         | Error::TryFromSlice(_)
         | Error::ParseInt(_)
         | Error::Utf8(_)
         | Error::NulError(_)
-        | Error::InvalidValue => ("cryptoki", "value conversion failed", Tier::Request),
-        Error::PinNotSet => ("C_Login", "PIN not set", Tier::Login),
+        | Error::InvalidValue => (
+            Binding("cryptoki"),
+            "value conversion failed",
+            Tier::Request,
+        ),
+        Error::PinNotSet => (Call(Function::Login), "PIN not set", Tier::Login),
     };
     HsmError::Pkcs11(Pkcs11Failure {
         function,
-        code: code.to_owned(),
+        code: Pkcs11Code::Anomaly(code),
         tier,
     })
 }
@@ -89,11 +104,11 @@ pub(super) fn fail(err: &Error, op: Operation) -> HsmError {
     let classified = classify(err, op);
     match &classified {
         HsmError::Pkcs11(f) if f.tier == Tier::Device => tracing::error!(
-            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            operation = op.as_str(), function = %f.function, code = %f.code, tier = ?f.tier,
             "PKCS#11 call failed"
         ),
         HsmError::Pkcs11(f) => tracing::warn!(
-            operation = op.as_str(), function = f.function, code = %f.code, tier = ?f.tier,
+            operation = op.as_str(), function = %f.function, code = %f.code, tier = ?f.tier,
             "PKCS#11 call failed"
         ),
         other => match err {
@@ -109,9 +124,21 @@ pub(super) fn fail(err: &Error, op: Operation) -> HsmError {
 
 /// Whether `err` says a cached object handle no longer names an object.
 pub(super) fn is_stale_handle(err: &HsmError) -> bool {
-    matches!(err, HsmError::Pkcs11(f)
-        if f.code == rv_name(RvError::ObjectHandleInvalid)
-            || f.code == rv_name(RvError::KeyHandleInvalid))
+    matches!(
+        err,
+        HsmError::Pkcs11(Pkcs11Failure {
+            code: Pkcs11Code::Rv(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid),
+            ..
+        })
+    )
+}
+
+/// Whether the HSM answered with a vendor-defined or unknown return code (see `repair`).
+pub(super) fn is_unknown_code(failure: &Pkcs11Failure) -> bool {
+    matches!(
+        failure.code,
+        Pkcs11Code::Rv(RvError::VendorDefined(_) | RvError::UnknownErrorCode(_))
+    )
 }
 
 fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
@@ -129,8 +156,8 @@ fn classify_rv(rv: RvError, function: Function, op: Operation) -> HsmError {
         Verdict::InputSize => HsmError::InputTooLarge,
         Verdict::Ciphertext(_) if decrypting => HsmError::InvalidCiphertext,
         Verdict::Ciphertext(tier) | Verdict::Failure(tier) => HsmError::Pkcs11(Pkcs11Failure {
-            function: function_name(function),
-            code: rv_name(rv),
+            function: Pkcs11Call::Function(function),
+            code: Pkcs11Code::Rv(rv),
             tier,
         }),
     }
@@ -189,10 +216,12 @@ fn verdict(rv: RvError) -> Verdict {
         | R::MutexBad
         | R::MutexNotLocked
         | R::CantLock
-        | R::NeedToCreateThreads
-        // Unknown meaning: assume the worst; repairing costs one session.
-        | R::VendorDefined(_)
-        | R::UnknownErrorCode(_) => Failure(Tier::Device),
+        | R::NeedToCreateThreads => Failure(Tier::Device),
+
+        // Unknown meaning: replace the session, which is cheap and serves the next request;
+        // `repair` escalates to the device tier (a context rebuild, which stops every session
+        // on the module) only when such codes repeat.
+        R::VendorDefined(_) | R::UnknownErrorCode(_) => Failure(Tier::Session),
 
         R::Cancel
         | R::ArgumentsBad
@@ -328,8 +357,8 @@ mod tests {
                 Operation::Encrypt
             ),
             HsmError::Pkcs11(Pkcs11Failure {
-                function: "C_Encrypt",
-                code: "CKR_ENCRYPTED_DATA_INVALID".into(),
+                function: Pkcs11Call::Function(Function::Encrypt),
+                code: Pkcs11Code::Rv(RvError::EncryptedDataInvalid),
                 tier: Tier::Request,
             }),
         );
@@ -377,7 +406,8 @@ mod tests {
             (RvError::TokenNotPresent, Tier::Device),
             (RvError::TokenNotRecognized, Tier::Device),
             (RvError::CryptokiNotInitialized, Tier::Device),
-            (RvError::VendorDefined(0x8000_0001), Tier::Device),
+            (RvError::VendorDefined(0x8000_0001), Tier::Session),
+            (RvError::UnknownErrorCode(0x1234), Tier::Session),
         ];
         for (code, tier) in cases {
             let err = rv(code, Function::EncryptInit, Operation::Encrypt);
@@ -394,11 +424,32 @@ mod tests {
                 Operation::Decrypt
             ),
             HsmError::Pkcs11(Pkcs11Failure {
-                function: "C_DecryptInit",
-                code: "CKR_DEVICE_ERROR".into(),
+                function: Pkcs11Call::Function(Function::DecryptInit),
+                code: Pkcs11Code::Rv(RvError::DeviceError),
                 tier: Tier::Device,
             }),
         );
+    }
+
+    #[test]
+    fn unknown_codes_are_recognised() {
+        for code in [
+            RvError::VendorDefined(0x8000_0001),
+            RvError::UnknownErrorCode(0x1234),
+        ] {
+            let HsmError::Pkcs11(failure) = rv(code, Function::Encrypt, Operation::Encrypt) else {
+                panic!("{code:?} is a PKCS#11 failure");
+            };
+            assert!(is_unknown_code(&failure), "{code:?}");
+        }
+        let HsmError::Pkcs11(known) = rv(
+            RvError::SessionClosed,
+            Function::Encrypt,
+            Operation::Encrypt,
+        ) else {
+            panic!("CKR_SESSION_CLOSED is a PKCS#11 failure");
+        };
+        assert!(!is_unknown_code(&known));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use cryptoki::context::Function;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState};
 use parking_lot::RwLock;
@@ -26,7 +27,7 @@ use super::Shared;
 use super::errors::{Operation, is_stale_handle};
 use super::key_info::{KeyInfo, KeyProtection};
 use super::timing::call;
-use crate::hsm::{HsmError, KeyUsage, Pkcs11Failure, Tier};
+use crate::hsm::{HsmError, KeyUsage, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
@@ -226,8 +227,8 @@ pub(super) fn read_info(
     }
     if !has_class {
         return Err(HsmError::Pkcs11(Pkcs11Failure {
-            function: "C_GetAttributeValue",
-            code: "object without CKA_CLASS".into(),
+            function: Pkcs11Call::Function(Function::GetAttributeValue),
+            code: Pkcs11Code::Anomaly("object without CKA_CLASS"),
             tier: Tier::Request,
         }));
     }
@@ -284,8 +285,8 @@ fn ensure_logged_in(session: &Session, metrics: &Metrics, op: Operation) -> Resu
                 "PKCS#11 session is not logged in as user"
             );
             Err(HsmError::Pkcs11(Pkcs11Failure {
-                function: "C_GetSessionInfo",
-                code: "session not logged in as user".into(),
+                function: Pkcs11Call::Function(Function::GetSessionInfo),
+                code: Pkcs11Code::Anomaly("session not logged in as user"),
                 tier: Tier::Login,
             }))
         }

@@ -23,6 +23,7 @@ mod liveness;
 mod module;
 mod pool;
 mod recovery;
+mod repair;
 mod timing;
 mod token;
 
@@ -41,6 +42,7 @@ use zeroize::Zeroizing;
 pub use admin::KeyListing;
 pub use key_info::KeyProtection;
 pub use module::ModuleContext;
+pub use repair::{UNKNOWN_CODE_STREAK, UNKNOWN_CODE_WINDOW};
 pub use token::TokenIdentity;
 
 use self::errors::Operation;

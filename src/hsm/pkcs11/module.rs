@@ -21,6 +21,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::Shared;
 use super::errors::{Operation, fail};
+use super::repair::UnknownCodes;
 use crate::hsm::HsmError;
 
 /// A loaded and initialised PKCS#11 library.
@@ -35,6 +36,8 @@ pub struct ModuleContext {
     /// `C_Finalize` while another thread is inside the library is undefined behaviour (it
     /// crashed SoftHSM2 in a test), so a rebuild first waits for the calls in flight.
     calls: RwLock<()>,
+    /// Unknown return codes seen on the library; a streak of them is a device failure.
+    unknown_codes: UnknownCodes,
 }
 
 /// How long a rebuild waits for PKCS#11 calls in flight to return before it gives up (and
@@ -59,6 +62,7 @@ impl ModuleContext {
             generation: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
             calls: RwLock::new(()),
+            unknown_codes: UnknownCodes::default(),
         }))
     }
 
@@ -80,6 +84,11 @@ impl ModuleContext {
     /// Permission to make PKCS#11 calls, waiting as long as a rebuild takes.
     pub(super) fn calls(&self) -> RwLockReadGuard<'_, ()> {
         self.calls.read()
+    }
+
+    /// The streak of unknown return codes on this library, shared by every member on it.
+    pub(super) fn unknown_codes(&self) -> &UnknownCodes {
+        &self.unknown_codes
     }
 
     pub(super) fn generation(&self) -> u64 {

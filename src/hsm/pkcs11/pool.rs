@@ -11,7 +11,9 @@
 //!
 //! Recovery: a job that fails with a session or login [`Tier`] makes its worker close the
 //! session and open and log in a fresh one, then retry the job once on it if the deadline
-//! allows, so a dropped session costs the client nothing. A device failure instead drops the
+//! allows, so a dropped session costs the client nothing. A vendor-defined or unknown return
+//! code also replaces the session but fails its request without a retry, and becomes a device
+//! failure when it repeats (`repair`). A device failure instead drops the
 //! session and asks the recovery thread (`recovery`) to rebuild the whole context in the
 //! background; until it has, jobs fail fast with [`HsmError::Unavailable`], and afterwards
 //! every worker replaces its stale session before its next job. Login and device failures
@@ -32,13 +34,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use cryptoki::context::Function;
 use cryptoki::session::Session;
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::errors::is_unknown_code;
 use super::liveness::Liveness;
+use super::repair::{self, Repair};
 use super::token;
-use crate::hsm::{HsmError, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Tier};
 
 /// First wait before retrying to open a session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -123,21 +128,19 @@ impl Pool {
         let (reply, receiver) = oneshot::channel();
         let work: Work = Box::new(move |worker: &mut Worker| {
             let mut result = worker.attempt(&f);
-            let mut repair = repair_tier(&result);
-            if let Some(tier) = repair
-                && matches!(tier, Tier::Session | Tier::Login)
-            {
+            let mut repair = repair::after(&worker.shared, &result);
+            if let Some(Repair { tier, retry: true }) = repair {
                 worker.repair(tier);
                 if worker.session.is_some() && Instant::now() < deadline {
                     result = worker.attempt(&f);
-                    repair = repair_tier(&result);
+                    repair = repair::after(&worker.shared, &result);
                 } else {
                     repair = None;
                 }
             }
             // The caller may have timed out and gone; nothing to do then.
             let _ = reply.send(result);
-            if let Some(tier) = repair {
+            if let Some(Repair { tier, .. }) = repair {
                 worker.repair(tier);
             }
         });
@@ -195,18 +198,11 @@ impl<T> Submitted<T> {
     }
 }
 
-/// The tier a result asks the worker to repair, if any.
-fn repair_tier<T>(result: &Result<T, HsmError>) -> Option<Tier> {
-    match result {
-        Err(HsmError::Pkcs11(failure)) if failure.tier != Tier::Request => Some(failure.tier),
-        _ => None,
-    }
-}
-
 /// Whether `err` is the token refusing our credentials at `C_Login`: retrying could lock
 /// the user PIN, so nobody logs in again until an operator restarts the proxy.
 pub(super) fn refuses_login(err: &HsmError) -> bool {
-    matches!(err, HsmError::Pkcs11(f) if f.function == "C_Login" && f.tier == Tier::Login)
+    matches!(err, HsmError::Pkcs11(f)
+        if f.function == Pkcs11Call::Function(Function::Login) && f.tier == Tier::Login)
 }
 
 /// One worker thread's state.
@@ -409,7 +405,14 @@ impl Worker {
                 self.backoff = MIN_BACKOFF;
             }
             Err(err) => {
-                if matches!(&err, HsmError::Pkcs11(f) if f.tier == Tier::Device) {
+                let device = match &err {
+                    HsmError::Pkcs11(f) if is_unknown_code(f) => {
+                        repair::unknown_code_tier(shared) == Tier::Device
+                    }
+                    HsmError::Pkcs11(f) => f.tier == Tier::Device,
+                    _ => false,
+                };
+                if device {
                     shared.recovery.request(shared);
                 }
                 if refuses_login(&err) && !shared.login_refused.swap(true, Ordering::Relaxed) {

@@ -21,11 +21,13 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cryptoki::context::Function;
 use parking_lot::{Condvar, Mutex};
 
+use super::errors::is_unknown_code;
 use super::{Shared, token};
 use crate::config::TokenSelector;
-use crate::hsm::{HsmError, Tier};
+use crate::hsm::{HsmError, Pkcs11Call, Tier};
 
 /// First pause between rebuild attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -165,7 +167,8 @@ fn run(shared: &Shared, selector: &TokenSelector) {
 /// works. A member alone on its module first rebuilds the whole context (`C_Finalize`,
 /// `C_Initialize`, unless done since generation `seen`). A member sharing its module with
 /// others only reconnects — one pulled token must not take its healthy neighbours down — and
-/// rebuilds the context only when the library itself fails (`C_GetSlotList` at device tier).
+/// rebuilds the context only when the library itself fails (`C_GetSlotList` at device tier,
+/// or with an unknown code: during a recovery that is no longer a session's problem).
 fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), HsmError> {
     let alone = shared.module.member_count() <= 1;
     if alone {
@@ -173,7 +176,9 @@ fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), H
     }
     match reconnect(shared, selector) {
         Err(HsmError::Pkcs11(failure))
-            if !alone && failure.tier == Tier::Device && failure.function == "C_GetSlotList" =>
+            if !alone
+                && (failure.tier == Tier::Device || is_unknown_code(&failure))
+                && failure.function == Pkcs11Call::Function(Function::GetSlotList) =>
         {
             shared.module.reinitialize(seen, shared)?;
             reconnect(shared, selector)
