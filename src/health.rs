@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::config::HealthSettings;
-use crate::hsm::{HsmError, HsmHealth, KeyBackend, MemberStatus};
+use crate::hsm::{HsmError, HsmHealth, KeyBackend, MemberStatus, Served};
 use crate::metrics::Metrics;
 use crate::xks::XksError;
 use crate::xks::wire::{EkmFleetMember, HealthResponse};
@@ -31,6 +31,8 @@ pub struct HealthService {
     fleet_size: u32,
     ttl: Duration,
     cache: Mutex<Option<(Instant, HsmHealth)>>,
+    /// The member that served the last deep check (`None` for a fleet: all of them did).
+    last_member: parking_lot::Mutex<Option<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,8 +48,15 @@ impl HealthService {
             fleet_size: settings.proxy_fleet_size,
             ttl: settings.cache_ttl,
             cache: Mutex::new(None),
+            last_member: parking_lot::Mutex::new(None),
             metrics,
         }
+    }
+
+    /// The HSM member that served the last deep check, for the audit log; `None` for a fleet
+    /// (every member answered) or before the first check.
+    pub fn serving_member(&self) -> Option<String> {
+        self.last_member.lock().clone()
     }
 
     /// The GetHealthStatus response, or the error to answer when no HSM can serve (H-16).
@@ -94,24 +103,22 @@ impl HealthService {
             return Ok(health.clone());
         }
         // Errors are not cached: the next request retries the HSM.
-        let health = self
-            .backend
-            .health(deadline)
-            .await
-            .map_err(|err| match err {
-                // The check never ran (every session busy, or the deadline passed first):
-                // nothing is known about the HSM, and KMS polls again.
-                err @ (HsmError::Timeout | HsmError::Busy) => XksError::from(err),
-                // Any other failure is the HSM failing its check: InternalException whatever
-                // the error (H-16), never e.g. the health key's KeyNotFoundException.
-                other => {
-                    tracing::error!(error = %other, "deep health check failed");
-                    if let Some(member) = self.backend.member_id() {
-                        self.metrics.set_hsm_health(member, 0);
-                    }
-                    XksError::internal("the external key manager health check failed")
+        let Served { result, member } = self.backend.health(deadline).await;
+        (*self.last_member.lock()).clone_from(&member);
+        let health = result.map_err(|err| match err {
+            // The check never ran (every session busy, or the deadline passed first):
+            // nothing is known about the HSM, and KMS polls again.
+            err @ (HsmError::Timeout | HsmError::Busy) => XksError::from(err),
+            // Any other failure is the HSM failing its check: InternalException whatever
+            // the error (H-16), never e.g. the health key's KeyNotFoundException.
+            other => {
+                tracing::error!(error = %other, "deep health check failed");
+                if let Some(member) = &member {
+                    self.metrics.set_hsm_health(member, 0);
                 }
-            })?;
+                XksError::internal("the external key manager health check failed")
+            }
+        })?;
         for member in &health.members {
             let state = match member.status {
                 MemberStatus::Active => 2,
@@ -143,7 +150,7 @@ mod tests {
 
     use super::*;
     use crate::hsm::{
-        BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, KeyMetadata, MemberHealth,
+        DecryptRequest, EncryptRequest, GcmCiphertext, KeyMetadata, MemberHealth, ServedFuture,
     };
     use crate::xks::{ErrorName, ExternalKeyId};
 
@@ -152,30 +159,39 @@ mod tests {
         calls: AtomicUsize,
     }
 
+    /// A scripted answer that no particular member served.
+    fn answer<'a, T: Send + 'a>(result: Result<T, HsmError>) -> ServedFuture<'a, T> {
+        Box::pin(async move {
+            Served {
+                result,
+                member: None,
+            }
+        })
+    }
+
     impl KeyBackend for Scripted {
-        fn key_metadata(&self, _: ExternalKeyId, _: Instant) -> BackendFuture<'_, KeyMetadata> {
-            Box::pin(async { Err(HsmError::KeyNotFound) })
+        fn key_metadata(&self, _: ExternalKeyId, _: Instant) -> ServedFuture<'_, KeyMetadata> {
+            answer(Err(HsmError::KeyNotFound))
         }
         fn encrypt(
             &self,
             _: ExternalKeyId,
             _: EncryptRequest,
             _: Instant,
-        ) -> BackendFuture<'_, GcmCiphertext> {
-            Box::pin(async { Err(HsmError::KeyNotFound) })
+        ) -> ServedFuture<'_, GcmCiphertext> {
+            answer(Err(HsmError::KeyNotFound))
         }
         fn decrypt(
             &self,
             _: ExternalKeyId,
             _: DecryptRequest,
             _: Instant,
-        ) -> BackendFuture<'_, Zeroizing<Vec<u8>>> {
-            Box::pin(async { Err(HsmError::KeyNotFound) })
+        ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {
+            answer(Err(HsmError::KeyNotFound))
         }
-        fn health(&self, _: Instant) -> BackendFuture<'_, HsmHealth> {
+        fn health(&self, _: Instant) -> ServedFuture<'_, HsmHealth> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let answer = self.answer.clone();
-            Box::pin(async move { answer })
+            answer(self.answer.clone())
         }
     }
 

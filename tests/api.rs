@@ -1043,7 +1043,7 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
         &self,
         _: xks_proxy::xks::ExternalKeyId,
         _: std::time::Instant,
-    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::KeyMetadata> {
+    ) -> xks_proxy::hsm::ServedFuture<'_, xks_proxy::hsm::KeyMetadata> {
         Box::pin(async { panic!("simulated handler bug") })
     }
 
@@ -1052,7 +1052,7 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
         _: xks_proxy::xks::ExternalKeyId,
         _: xks_proxy::hsm::EncryptRequest,
         _: std::time::Instant,
-    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::GcmCiphertext> {
+    ) -> xks_proxy::hsm::ServedFuture<'_, xks_proxy::hsm::GcmCiphertext> {
         Box::pin(async { panic!("simulated handler bug") })
     }
 
@@ -1061,14 +1061,14 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
         _: xks_proxy::xks::ExternalKeyId,
         _: xks_proxy::hsm::DecryptRequest,
         _: std::time::Instant,
-    ) -> xks_proxy::hsm::BackendFuture<'_, zeroize::Zeroizing<Vec<u8>>> {
+    ) -> xks_proxy::hsm::ServedFuture<'_, zeroize::Zeroizing<Vec<u8>>> {
         Box::pin(async { panic!("simulated handler bug") })
     }
 
     fn health(
         &self,
         _: std::time::Instant,
-    ) -> xks_proxy::hsm::BackendFuture<'_, xks_proxy::hsm::HsmHealth> {
+    ) -> xks_proxy::hsm::ServedFuture<'_, xks_proxy::hsm::HsmHealth> {
         Box::pin(async { panic!("simulated handler bug") })
     }
 }

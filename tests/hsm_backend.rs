@@ -744,7 +744,9 @@ hsm_test! {
         let text = metrics.render();
         assert_eq!(sample(&text, r#"xks_hsm_sessions{state="idle"}"#), Some(1.0), "{text}");
         assert_eq!(sample(&text, r#"xks_hsm_sessions{state="in_use"}"#), Some(0.0), "{text}");
-        assert_eq!(hsm.member_id(), Some(hsm.token_identity().serial.as_str()));
+        // Through the trait, every result names the token that served it (audit hsm_member).
+        let served = KeyBackend::health(&hsm, deadline()).await;
+        assert_eq!(served.member.as_deref(), Some(hsm.token_identity().serial.as_str()));
 
         hsm.create_key(&key_id("timed-key"), ENCRYPT_DECRYPT).unwrap();
         let request = |len: usize| EncryptRequest { plaintext: Zeroizing::new(vec![7; len]), aad: vec![] };

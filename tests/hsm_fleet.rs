@@ -25,9 +25,7 @@ use cryptoki::session::UserType;
 use secrecy::SecretString;
 use xks_proxy::config::HealthSettings;
 use xks_proxy::health::HealthService;
-use xks_proxy::hsm::{
-    DecryptRequest, EncryptRequest, FleetBackend, KeyBackend, KeyUsage, recording_member,
-};
+use xks_proxy::hsm::{DecryptRequest, EncryptRequest, FleetBackend, KeyBackend, KeyUsage, Served};
 use xks_proxy::metrics::Metrics;
 use xks_proxy::xks::ExternalKeyId;
 use zeroize::Zeroizing;
@@ -176,10 +174,9 @@ fn request(plaintext: &[u8]) -> EncryptRequest {
 
 /// Encrypts `n` times concurrently; returns the members that served.
 async fn encrypt_many(fleet: &FleetBackend, n: usize) -> HashSet<String> {
-    let calls =
-        (0..n).map(|_| recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())));
+    let calls = (0..n).map(|_| fleet.encrypt(key(KEY), request(b"x"), deadline()));
     let mut served = HashSet::new();
-    for (result, member) in futures_join(calls).await {
+    for Served { result, member } in futures_join(calls).await {
         result.unwrap();
         served.insert(member.unwrap());
     }
@@ -280,8 +277,8 @@ fn h_11_h_12_fleet_spreads_load_over_members_with_the_same_keys() {
                 // Sequential requests take turns too.
                 let mut sequential = HashSet::new();
                 for _ in 0..4 {
-                    let (result, member) =
-                        recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())).await;
+                    let Served { result, member } =
+                        fleet.encrypt(key(KEY), request(b"x"), deadline()).await;
                     result.unwrap();
                     sequential.insert(member.unwrap());
                 }
@@ -290,6 +287,7 @@ fn h_11_h_12_fleet_spreads_load_over_members_with_the_same_keys() {
                 let sealed = fleet
                     .encrypt(key(KEY), request(b"same key everywhere"), deadline())
                     .await
+                    .result
                     .unwrap();
                 for member in fleet.members() {
                     let plain = member
@@ -428,7 +426,7 @@ fn busy_member_requests_go_to_an_idle_neighbour() {
                 support::faults::set_rules(&control, "hang C_Encrypt\n");
                 let stuck_b = saturate(fleet.members()[1].backend());
                 let all_busy = fleet.encrypt(key(KEY), request(b"x"), deadline()).await;
-                assert_eq!(all_busy.err(), Some(xks_proxy::hsm::HsmError::Busy));
+                assert_eq!(all_busy.result.err(), Some(xks_proxy::hsm::HsmError::Busy));
                 assert!(fleet.members().iter().all(|m| !m.is_out()), "nobody is out");
 
                 support::faults::set_rules(&control, "");
@@ -446,8 +444,7 @@ fn busy_member_requests_go_to_an_idle_neighbour() {
 async fn encrypt_sequentially(fleet: &FleetBackend, n: usize) -> HashSet<String> {
     let mut served = HashSet::new();
     for i in 0..n {
-        let (result, member) =
-            recording_member(fleet.encrypt(key(KEY), request(b"x"), deadline())).await;
+        let Served { result, member } = fleet.encrypt(key(KEY), request(b"x"), deadline()).await;
         if let Err(err) = result {
             panic!("request {i} (member {member:?}): {err:?}");
         }

@@ -15,7 +15,7 @@
 //! only when every available member is busy does the caller get Busy (ThrottlingException).
 //!
 //! Members on the same PKCS#11 module share one [`ModuleContext`] (`C_Initialize` once per
-//! library per process). The serving member of each call is reported with [`note_member`]
+//! library per process). Each call's result names the member that served it ([`Served`]),
 //! for the audit log.
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 use super::pkcs11::{ModuleContext, Pkcs11Backend};
 use super::{
     BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
-    KeyMetadata, MemberHealth, MemberStatus, Tier, note_member,
+    KeyMetadata, MemberHealth, MemberStatus, Served, ServedFuture, Tier,
 };
 use crate::config::HsmMemberSettings;
 use crate::metrics::Metrics;
@@ -183,7 +183,7 @@ impl FleetBackend {
     /// Runs `call` on the best member. While members answer Busy, moves on to the next
     /// untried available one (the call never ran there); after a failure that takes a member
     /// out, tries once more on another one. Never past the deadline.
-    fn route<'a, T, F>(&'a self, deadline: Instant, call: F) -> BackendFuture<'a, T>
+    fn route<'a, T, F>(&'a self, deadline: Instant, call: F) -> ServedFuture<'a, T>
     where
         T: Send + 'a,
         F: Fn(&'a Pkcs11Backend) -> BackendFuture<'a, T> + Send + Sync + 'a,
@@ -191,7 +191,11 @@ impl FleetBackend {
         Box::pin(async move {
             let mut tried = vec![false; self.members.len()];
             let Some(mut member) = self.pick(&tried) else {
-                return Err(HsmError::Unavailable("no HSM member configured".into()));
+                let none = HsmError::Unavailable("no HSM member configured".into());
+                return Served {
+                    result: Err(none),
+                    member: None,
+                };
             };
             let mut failover_left = true;
             loop {
@@ -203,11 +207,11 @@ impl FleetBackend {
                     _ => false,
                 };
                 if !again || Instant::now() >= deadline {
-                    return result;
+                    return Served::by(&self.members[member].id, result);
                 }
                 match self.pick(&tried) {
                     Some(next) => member = next,
-                    None => return result,
+                    None => return Served::by(&self.members[member].id, result),
                 }
             }
         })
@@ -220,7 +224,6 @@ impl FleetBackend {
         let member = &self.members[index];
         member.outstanding.fetch_add(1, Ordering::SeqCst);
         let _outstanding = Outstanding(&member.outstanding);
-        note_member(&member.id);
         let result = call(&member.backend).await;
         if let Err(err) = &result
             && takes_out(err)
@@ -273,11 +276,7 @@ fn probe_out_members(members: &[FleetMember]) {
 }
 
 impl KeyBackend for FleetBackend {
-    fn key_metadata(
-        &self,
-        key: ExternalKeyId,
-        deadline: Instant,
-    ) -> BackendFuture<'_, KeyMetadata> {
+    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
         self.route(deadline, move |backend| {
             backend.key_metadata(key.clone(), deadline)
         })
@@ -288,7 +287,7 @@ impl KeyBackend for FleetBackend {
         key: ExternalKeyId,
         request: EncryptRequest,
         deadline: Instant,
-    ) -> BackendFuture<'_, GcmCiphertext> {
+    ) -> ServedFuture<'_, GcmCiphertext> {
         self.route(deadline, move |backend| {
             let copy = EncryptRequest {
                 plaintext: request.plaintext.clone(),
@@ -303,7 +302,7 @@ impl KeyBackend for FleetBackend {
         key: ExternalKeyId,
         request: DecryptRequest,
         deadline: Instant,
-    ) -> BackendFuture<'_, Zeroizing<Vec<u8>>> {
+    ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {
         self.route(deadline, move |backend| {
             let copy = DecryptRequest {
                 ciphertext: request.ciphertext.clone(),
@@ -318,14 +317,14 @@ impl KeyBackend for FleetBackend {
     /// One entry per member: ACTIVE when its deep check passes, DEGRADED when it passes but
     /// the member is out or rebuilding, or the check could not run in time (busy, slow),
     /// UNAVAILABLE when it fails. `Err` only when no member's check could run at all.
-    fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth> {
+    fn health(&self, deadline: Instant) -> ServedFuture<'_, HsmHealth> {
         // Every check is queued now, so they run concurrently on the members' workers.
         let checks: Vec<_> = self
             .members
             .iter()
             .map(|m| m.backend.health(deadline))
             .collect();
-        Box::pin(async move {
+        let checked: BackendFuture<'_, HsmHealth> = Box::pin(async move {
             let mut vendor = None;
             let mut members = Vec::with_capacity(self.members.len());
             let mut not_run = None;
@@ -367,6 +366,13 @@ impl KeyBackend for FleetBackend {
                         .unwrap_or_else(|| self.members[0].backend.token_identity().manufacturer),
                     members,
                 }),
+            }
+        });
+        // Every member answered: no single one served the check.
+        Box::pin(async move {
+            Served {
+                result: checked.await,
+                member: None,
             }
         })
     }

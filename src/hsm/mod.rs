@@ -7,7 +7,6 @@
 mod error;
 mod fleet;
 pub mod pkcs11;
-mod served;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +16,6 @@ use zeroize::Zeroizing;
 
 pub use error::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 pub use fleet::{FleetBackend, FleetMember};
-pub use served::{note_member, recording_member};
 
 use crate::xks::ExternalKeyId;
 
@@ -26,8 +24,35 @@ pub const GCM_IV_LEN: usize = 12;
 /// Length of the GCM authentication tag (E-12).
 pub const GCM_TAG_LEN: usize = 16;
 
-/// A boxed future returned by [`KeyBackend`] methods.
+/// A boxed future of one HSM call's result.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HsmError>> + Send + 'a>>;
+
+/// A boxed future returned by [`KeyBackend`] methods: the result and who served it.
+pub type ServedFuture<'a, T> = Pin<Box<dyn Future<Output = Served<T>> + Send + 'a>>;
+
+/// The outcome of one [`KeyBackend`] call and the HSM member that served it, for the audit
+/// log (`hsm_member`, LOG-4).
+#[derive(Debug)]
+pub struct Served<T> {
+    /// What the HSM answered.
+    pub result: Result<T, HsmError>,
+    /// The member's id (e.g. the token serial, as in `ekmFleetDetails[].id`); `None` when the
+    /// call never reached a member (a full queue, a deadline that passed first) or when
+    /// several members answered together (a fleet's health check).
+    pub member: Option<String>,
+}
+
+impl<T> Served<T> {
+    /// `result` as served by `member`, unless the call never reached it
+    /// ([`HsmError::Busy`], [`HsmError::Timeout`]).
+    pub fn by(member: &str, result: Result<T, HsmError>) -> Self {
+        let reached = !matches!(result, Err(HsmError::Busy | HsmError::Timeout));
+        Self {
+            member: reached.then(|| member.to_owned()),
+            result,
+        }
+    }
+}
 
 /// What the proxy needs from a key manager.
 ///
@@ -35,8 +60,7 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HsmError>>
 /// session or the device once it has passed and answers [`HsmError::Timeout`].
 pub trait KeyBackend: Send + Sync + 'static {
     /// Reads the key's real attributes (GetKeyMetadata, K-1…10).
-    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant)
-    -> BackendFuture<'_, KeyMetadata>;
+    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata>;
 
     /// AES-256-GCM encryption under a fresh random 12-byte IV chosen by the backend (E-11);
     /// callers cannot supply an IV, so IV reuse is impossible by construction.
@@ -45,7 +69,7 @@ pub trait KeyBackend: Send + Sync + 'static {
         key: ExternalKeyId,
         request: EncryptRequest,
         deadline: Instant,
-    ) -> BackendFuture<'_, GcmCiphertext>;
+    ) -> ServedFuture<'_, GcmCiphertext>;
 
     /// AES-GCM decryption and tag verification.
     fn decrypt(
@@ -53,18 +77,11 @@ pub trait KeyBackend: Send + Sync + 'static {
         key: ExternalKeyId,
         request: DecryptRequest,
         deadline: Instant,
-    ) -> BackendFuture<'_, Zeroizing<Vec<u8>>>;
+    ) -> ServedFuture<'_, Zeroizing<Vec<u8>>>;
 
     /// A deep health check: real cryptography on a dedicated, non-customer key (H-2, H-3),
     /// plus the identity of every HSM member.
-    fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth>;
-
-    /// The id of the HSM member this backend's calls are served by (e.g. the token serial,
-    /// as in `ekmFleetDetails[].id`), for the audit log (LOG-4); `None` when unknown or when
-    /// it changes per request: a fleet reports each call's member with [`note_member`].
-    fn member_id(&self) -> Option<&str> {
-        None
-    }
+    fn health(&self, deadline: Instant) -> ServedFuture<'_, HsmHealth>;
 }
 
 /// Attributes of an external key, as GetKeyMetadata reports them.

@@ -177,7 +177,7 @@ async fn dispatch(
             let req = HealthRequest::parse(body)?;
             audit.metadata = Some(req.metadata);
             let resp = state.health.status(deadline).await?;
-            audit.hsm_member = state.backend.member_id().map(str::to_owned);
+            audit.hsm_member = state.health.serving_member();
             Ok(operations::ok_json(&resp))
         }
         Operation::KeyMetadata(key) => {

@@ -12,25 +12,18 @@ use zeroize::Zeroizing;
 use super::audit::AuditRecord;
 use super::error::{ApiError, json_response};
 use super::{ApiConfig, AppState};
-use crate::hsm::{self, GCM_TAG_LEN, HsmError};
+use crate::hsm::{self, GCM_TAG_LEN, HsmError, Served};
 use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
 use crate::xks::wire::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, KeyMetadataResponse, b64,
 };
 use crate::xks::{ErrorName, ExternalKeyId, XksError};
 
-/// Records which HSM member served a backend call — the one the backend `noted` (a fleet),
-/// else its only one — unless the call never reached one: a full queue
-/// ([`HsmError::Busy`]) or a deadline that passed first ([`HsmError::Timeout`]).
-fn served_by<T>(
-    state: &AppState,
-    audit: &mut AuditRecord,
-    result: &Result<T, HsmError>,
-    noted: Option<String>,
-) {
-    if !matches!(result, Err(HsmError::Busy | HsmError::Timeout)) {
-        audit.hsm_member = noted.or_else(|| state.backend.member_id().map(str::to_owned));
-    }
+/// Records which HSM member served a backend call (none when it never reached one) and
+/// passes its result on.
+fn served_by<T>(audit: &mut AuditRecord, served: Served<T>) -> Result<T, HsmError> {
+    audit.hsm_member = served.member;
+    served.result
 }
 
 pub(super) fn ok_json<T: serde::Serialize>(value: &T) -> Response {
@@ -48,9 +41,7 @@ pub(super) async fn key_metadata(
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let (meta, member) = hsm::recording_member(state.backend.key_metadata(key, deadline)).await;
-    served_by(state, audit, &meta, member);
-    let meta = meta?;
+    let meta = served_by(audit, state.backend.key_metadata(key, deadline).await)?;
     Ok(ok_json(&KeyMetadataResponse {
         key_spec: meta.spec.as_str().to_owned(),
         // K-5: at most 10 values; PKCS#11 yields at most 7.
@@ -98,17 +89,12 @@ pub(super) async fn encrypt(
     let ekm_aad =
         framing::ekm_aad(&req.aad, &[]).map_err(|e| XksError::unsupported(e.to_string()))?;
     let plaintext = req.plaintext;
-    let (sealed, member) = hsm::recording_member(state.backend.encrypt(
-        key.clone(),
-        hsm::EncryptRequest {
-            plaintext: plaintext.clone(),
-            aad: ekm_aad.clone(),
-        },
-        deadline,
-    ))
-    .await;
-    served_by(state, audit, &sealed, member);
-    let sealed = sealed?;
+    let request = hsm::EncryptRequest {
+        plaintext: plaintext.clone(),
+        aad: ekm_aad.clone(),
+    };
+    let served = state.backend.encrypt(key.clone(), request, deadline).await;
+    let sealed = served_by(audit, served)?;
     let cdiv = if req.want_cdiv {
         // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
         let cdiv = framing::cdiv_sha256(&req.aad, &[], &sealed.iv, &sealed.ciphertext, &sealed.tag);
@@ -141,7 +127,7 @@ async fn verify_decryptable(
         tag: sealed.tag,
         aad: ekm_aad,
     };
-    match state.backend.decrypt(key, request, deadline).await {
+    match state.backend.decrypt(key, request, deadline).await.result {
         Ok(roundtrip) if roundtrip.as_slice() == plaintext => Ok(()),
         Ok(_) => Err(XksError::internal("the verification decrypt returned different data").into()),
         // CDIV-8: an encrypt-only key cannot pass the verification decrypt.
@@ -186,19 +172,13 @@ pub(super) async fn decrypt(
     }
     check_sizes(api, req.ciphertext.len(), req.aad.len())?;
     let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
-    let (plaintext, member) = hsm::recording_member(state.backend.decrypt(
-        key,
-        hsm::DecryptRequest {
-            ciphertext: req.ciphertext,
-            iv: req.iv,
-            tag,
-            aad: ekm_aad,
-        },
-        deadline,
-    ))
-    .await;
-    served_by(state, audit, &plaintext, member);
-    let plaintext = plaintext?;
+    let request = hsm::DecryptRequest {
+        ciphertext: req.ciphertext,
+        iv: req.iv,
+        tag,
+        aad: ekm_aad,
+    };
+    let plaintext = served_by(audit, state.backend.decrypt(key, request, deadline).await)?;
     Ok(ok_json(&DecryptResponse {
         plaintext: Zeroizing::new(b64(&plaintext)),
     }))

@@ -51,7 +51,7 @@ use self::pool::Pool;
 use crate::config::HsmSettings;
 use crate::hsm::{
     BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
-    KeyMetadata, MemberHealth, MemberStatus,
+    KeyMetadata, MemberHealth, MemberStatus, Served, ServedFuture,
 };
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
@@ -204,8 +204,11 @@ impl Pkcs11Backend {
     }
 }
 
-impl KeyBackend for Pkcs11Backend {
-    fn key_metadata(
+/// The calls themselves, answering a plain `Result`; the [`KeyBackend`] impl below adds the
+/// serving member. A fleet calls these on its members, and tests on a single token.
+impl Pkcs11Backend {
+    /// GetKeyMetadata on this token.
+    pub fn key_metadata(
         &self,
         key: ExternalKeyId,
         deadline: Instant,
@@ -218,7 +221,8 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    fn encrypt(
+    /// AES-256-GCM encryption on this token, under a fresh IV from the OS CSPRNG.
+    pub fn encrypt(
         &self,
         key: ExternalKeyId,
         request: EncryptRequest,
@@ -232,7 +236,8 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    fn decrypt(
+    /// AES-GCM decryption on this token.
+    pub fn decrypt(
         &self,
         key: ExternalKeyId,
         request: DecryptRequest,
@@ -246,13 +251,9 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    fn member_id(&self) -> Option<&str> {
-        Some(&self.identity.serial)
-    }
-
     /// Ok with the member `Unavailable` when the crypto check fails; `Err` only for
     /// [`HsmError::Timeout`] and [`HsmError::Busy`], where the check never got to run.
-    fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth> {
+    pub fn health(&self, deadline: Instant) -> BackendFuture<'_, HsmHealth> {
         let probe = self.run(deadline, crypto::health_probe);
         Box::pin(async move {
             let (identity, status) = match probe.await {
@@ -273,6 +274,41 @@ impl KeyBackend for Pkcs11Backend {
                 members: vec![member],
             })
         })
+    }
+}
+
+impl KeyBackend for Pkcs11Backend {
+    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
+        self.served(Self::key_metadata(self, key, deadline))
+    }
+
+    fn encrypt(
+        &self,
+        key: ExternalKeyId,
+        request: EncryptRequest,
+        deadline: Instant,
+    ) -> ServedFuture<'_, GcmCiphertext> {
+        self.served(Self::encrypt(self, key, request, deadline))
+    }
+
+    fn decrypt(
+        &self,
+        key: ExternalKeyId,
+        request: DecryptRequest,
+        deadline: Instant,
+    ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {
+        self.served(Self::decrypt(self, key, request, deadline))
+    }
+
+    fn health(&self, deadline: Instant) -> ServedFuture<'_, HsmHealth> {
+        self.served(Self::health(self, deadline))
+    }
+}
+
+impl Pkcs11Backend {
+    /// `call`'s result, served by this token (its serial number).
+    fn served<'a, T: Send + 'a>(&'a self, call: BackendFuture<'a, T>) -> ServedFuture<'a, T> {
+        Box::pin(async move { Served::by(&self.identity.serial, call.await) })
     }
 }
 
