@@ -5,6 +5,8 @@
 //! their own threads and return a future.
 
 mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 mod fleet;
 pub mod pkcs11;
 

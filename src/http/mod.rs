@@ -14,6 +14,8 @@ mod handlers;
 mod operations;
 mod quota;
 mod routing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
