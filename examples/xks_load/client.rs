@@ -2,17 +2,15 @@
 //! exchange on it, each bounded by [`REQUEST_TIMEOUT`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
-use time::OffsetDateTime;
 use tokio::net::TcpStream;
 
-use crate::args::Credential;
 use crate::signer::Signer;
 use crate::target::Target;
 
@@ -71,18 +69,16 @@ pub(crate) async fn connect(
 pub(crate) async fn exchange(
     conn: &mut Connection,
     target: &Target,
-    credential: &Credential,
-    signer: &mut Signer,
+    signer: &Signer,
     path: &str,
     body: String,
 ) -> Result<(u16, Bytes), String> {
-    let (amz_date, authorization) = signer.sign(
-        credential,
+    let signed = signer.sign(
         "POST",
         path,
         &target.authority,
         body.as_bytes(),
-        OffsetDateTime::now_utc(),
+        SystemTime::now(),
     )?;
     let builder = match conn {
         Connection::H1(_) => Request::post(path).header("host", &target.authority),
@@ -90,8 +86,8 @@ pub(crate) async fn exchange(
     };
     let request = builder
         .header("content-type", "application/json")
-        .header("x-amz-date", amz_date)
-        .header("authorization", authorization)
+        .header("x-amz-date", signed.amz_date)
+        .header("authorization", signed.authorization)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("building the request: {e}"))?;
     let send = async {

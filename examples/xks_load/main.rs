@@ -2,12 +2,12 @@
 //!
 //! Each of `--concurrency` workers opens one persistent TLS connection (HTTP/1.1 keep-alive,
 //! or HTTP/2 with `--http2`) to a **loopback** proxy and sends requests back to back. Every
-//! request is SigV4-signed at send time (signed headers `host;x-amz-date`, service
-//! `kms-xks-proxy`, signer written here from AWS's documentation) and carries a KMS-like body
-//! with a unique `kmsRequestId`. The first `--warmup` seconds (default 1) are not counted; then
-//! the tool measures for `--duration` seconds (or until `--requests` requests were sent) and
-//! prints one summary: requests, errors by status, duration, requests/s and p50/p90/p99/max
-//! latency of the successful (HTTP 200) requests.
+//! request is SigV4-signed at send time with `aws-sigv4` (signed headers `host;x-amz-date`,
+//! service `kms-xks-proxy`) and carries a KMS-like body with a unique `kmsRequestId`. The first
+//! `--warmup` seconds (default 1) are not counted; then the tool measures for `--duration`
+//! seconds (or until `--requests` requests were sent) and prints one summary: requests, errors
+//! by status, duration, requests/s and p50/p90/p99/max latency of the successful (HTTP 200)
+//! requests.
 //!
 //! ```text
 //! cargo run --release --example xks_load -- \
@@ -52,6 +52,7 @@ use clap::Parser as _;
 
 use crate::args::{Args, load_credential};
 use crate::client::connect;
+use crate::signer::Signer;
 use crate::stats::{WorkerStats, print_summary};
 use crate::target::{parse_target, tls_config};
 use crate::worker::{Shared, run_worker};
@@ -82,7 +83,7 @@ fn run(args: Args) -> Result<(), String> {
 
 /// Setup, then `--concurrency` workers for warm-up plus the measured window, then the summary.
 async fn run_async(args: Args) -> Result<(), String> {
-    let credential = load_credential(&args)?;
+    let signer = Signer::new(load_credential(&args)?);
     let target = parse_target(&args.url).await?;
     let tls = Arc::new(tls_config(&args.cacert, args.http2)?);
 
@@ -103,7 +104,7 @@ async fn run_async(args: Args) -> Result<(), String> {
         args.operation,
         &mut conn,
         &target,
-        &credential,
+        &signer,
         &run_id,
         &plaintext,
         &aad,
@@ -115,7 +116,7 @@ async fn run_async(args: Args) -> Result<(), String> {
     let measure_start = start + Duration::from_secs(args.warmup);
     let shared = Arc::new(Shared {
         target,
-        credential,
+        signer,
         tls,
         http2: args.http2,
         operation: args.operation,

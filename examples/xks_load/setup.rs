@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hyper::body::Bytes;
 
-use crate::args::{Credential, Operation};
+use crate::args::Operation;
 use crate::bodies::BodyTemplate;
 use crate::client::{Connection, exchange};
 use crate::signer::Signer;
@@ -23,7 +23,7 @@ pub(crate) async fn prepare(
     operation: Operation,
     conn: &mut Connection,
     target: &Target,
-    credential: &Credential,
+    signer: &Signer,
     run_id: &str,
     plaintext: &[u8],
     aad: &[u8],
@@ -32,7 +32,7 @@ pub(crate) async fn prepare(
         Operation::Encrypt => (&target.encrypt_path, BodyTemplate::encrypt(plaintext, aad)),
         Operation::Health => (&target.health_path, BodyTemplate::health()),
         Operation::Decrypt => {
-            let body = prepare_decrypt(conn, target, credential, run_id, plaintext, aad).await?;
+            let body = prepare_decrypt(conn, target, signer, run_id, plaintext, aad).await?;
             return Ok(Plan {
                 path: target.decrypt_path.clone(),
                 body,
@@ -40,7 +40,7 @@ pub(crate) async fn prepare(
         }
     };
     let setup = body.render(&format!("{run_id}-setup-1"));
-    expect_ok(conn, target, credential, path, setup, "setup request").await?;
+    expect_ok(conn, target, signer, path, setup, "setup request").await?;
     Ok(Plan {
         path: path.clone(),
         body,
@@ -51,7 +51,7 @@ pub(crate) async fn prepare(
 async fn prepare_decrypt(
     conn: &mut Connection,
     target: &Target,
-    credential: &Credential,
+    signer: &Signer,
     run_id: &str,
     plaintext: &[u8],
     aad: &[u8],
@@ -60,7 +60,7 @@ async fn prepare_decrypt(
     let reply = expect_ok(
         conn,
         target,
-        credential,
+        signer,
         &target.encrypt_path,
         encrypt,
         "setup Encrypt",
@@ -74,7 +74,7 @@ async fn prepare_decrypt(
     let reply = expect_ok(
         conn,
         target,
-        credential,
+        signer,
         &target.decrypt_path,
         decrypt,
         "setup Decrypt",
@@ -92,13 +92,12 @@ async fn prepare_decrypt(
 async fn expect_ok(
     conn: &mut Connection,
     target: &Target,
-    credential: &Credential,
+    signer: &Signer,
     path: &str,
     body: String,
     what: &str,
 ) -> Result<Bytes, String> {
-    let mut signer = Signer::default();
-    let (status, reply) = exchange(conn, target, credential, &mut signer, path, body)
+    let (status, reply) = exchange(conn, target, signer, path, body)
         .await
         .map_err(|e| format!("{what}: {e}"))?;
     if status != 200 {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
-use crate::args::{Credential, Operation};
+use crate::args::Operation;
 use crate::bodies::BodyTemplate;
 use crate::client::{Connection, connect, exchange};
 use crate::signer::Signer;
@@ -21,7 +21,7 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Everything the workers share.
 pub(crate) struct Shared {
     pub(crate) target: Target,
-    pub(crate) credential: Credential,
+    pub(crate) signer: Signer,
     pub(crate) tls: Arc<ClientConfig>,
     pub(crate) http2: bool,
     pub(crate) operation: Operation,
@@ -49,7 +49,6 @@ impl Shared {
 /// Runs worker number `worker` until the measured window ends; returns what it measured.
 pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats {
     let mut stats = WorkerStats::default();
-    let mut signer = Signer::default();
     let mut conn: Option<Connection> = None;
     let mut seq: u64 = 0;
     loop {
@@ -79,15 +78,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats 
             .body
             .render(&format!("{}-{worker}-{seq}", shared.run_id));
         let sent = Instant::now();
-        let result = exchange(
-            &mut c,
-            &shared.target,
-            &shared.credential,
-            &mut signer,
-            &shared.path,
-            body,
-        )
-        .await;
+        let result = exchange(&mut c, &shared.target, &shared.signer, &shared.path, body).await;
         let latency = sent.elapsed();
         // Keep the connection after a response; after a transport error drop it, so the next
         // iteration reconnects.
