@@ -1,0 +1,102 @@
+//! The closed loop: what all workers share, and one worker sending requests back to back on
+//! its own connection (reconnecting after a transport error) until the measured window ends or
+//! `--requests` measured requests were claimed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+
+use crate::args::Operation;
+use crate::bodies::BodyTemplate;
+use crate::client::{Connection, connect, exchange};
+use crate::signer::Signer;
+use crate::stats::WorkerStats;
+use crate::target::Target;
+
+/// Pause before reconnecting after a failed connection attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Everything the workers share.
+pub(crate) struct Shared {
+    pub(crate) target: Target,
+    pub(crate) signer: Signer,
+    pub(crate) tls: Arc<ClientConfig>,
+    pub(crate) http2: bool,
+    pub(crate) operation: Operation,
+    /// Request path for `operation`.
+    pub(crate) path: String,
+    /// The request body around the `kmsRequestId`.
+    pub(crate) body: BodyTemplate,
+    /// Run-unique part of every `kmsRequestId`.
+    pub(crate) run_id: String,
+    pub(crate) measure_start: Instant,
+    pub(crate) measure_end: Instant,
+    pub(crate) max_requests: Option<u64>,
+    /// Measured requests claimed so far (for `--requests`).
+    pub(crate) claimed: AtomicU64,
+}
+
+impl Shared {
+    /// Claims one measured request; false once `--requests` were claimed.
+    fn claim(&self) -> bool {
+        self.max_requests
+            .is_none_or(|max| self.claimed.fetch_add(1, Ordering::Relaxed) < max)
+    }
+}
+
+/// Runs worker number `worker` until the measured window ends; returns what it measured.
+pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats {
+    let mut stats = WorkerStats::default();
+    let mut conn: Option<Connection> = None;
+    let mut seq: u64 = 0;
+    loop {
+        let now = Instant::now();
+        if now >= shared.measure_end {
+            break;
+        }
+        let measured = now >= shared.measure_start;
+        if measured && !shared.claim() {
+            break;
+        }
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match connect(&shared.target, &shared.tls, shared.http2).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if measured {
+                        stats.error("transport".into(), e);
+                    }
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        seq += 1;
+        let body = shared
+            .body
+            .render(&format!("{}-{worker}-{seq}", shared.run_id));
+        let sent = Instant::now();
+        let result = exchange(&mut c, &shared.target, &shared.signer, &shared.path, body).await;
+        let latency = sent.elapsed();
+        // Keep the connection after a response; after a transport error drop it, so the next
+        // iteration reconnects.
+        if result.is_ok() {
+            conn = Some(c);
+        }
+        if sent < shared.measure_start {
+            stats.warmup_requests += 1;
+            continue;
+        }
+        match result {
+            Ok((200, _)) => stats.ok(latency),
+            Ok((status, reply)) => {
+                let sample: String = String::from_utf8_lossy(&reply).chars().take(200).collect();
+                stats.error(format!("HTTP {status}"), sample);
+            }
+            Err(e) => stats.error("transport".into(), e),
+        }
+    }
+    stats
+}
