@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
 use crate::config::{self, AccessKeyId, Settings, Transport, UriPrefix};
+use crate::hsm::NoObserver;
 use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::hsm::{FleetBackend, KeyUsage};
-use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 mod serve;
@@ -232,7 +232,7 @@ fn import_key(path: &Path, label: &str, usage: &str) -> Result<(), String> {
     let settings = load_settings(path)?;
     init_cli_logging();
     let members = settings.hsm.members();
-    let fleet = FleetBackend::open(&members, &Arc::new(Metrics::new()))
+    let fleet = FleetBackend::open(&members, Arc::new(NoObserver))
         .map_err(|e| format!("cannot open the HSM: {e}"))?;
     for member in fleet.members() {
         let exists = member

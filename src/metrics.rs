@@ -426,6 +426,21 @@ impl Drop for InFlight {
     }
 }
 
+/// The HSM layer reports into the process's metrics through its one seam.
+impl crate::hsm::HsmObserver for Metrics {
+    fn hsm_call(&self, function: &str, elapsed: Duration) {
+        Self::hsm_call(self, function, elapsed);
+    }
+
+    fn add_hsm_sessions(&self, state: &str, delta: i64) {
+        Self::add_hsm_sessions(self, state, delta);
+    }
+
+    fn hsm_session_busy(&self, busy: bool) {
+        Self::hsm_session_busy(self, busy);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,7 +154,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 fn open_fleet(config: &Path) -> Arc<FleetBackend> {
     let settings = xks_proxy::config::load(config).unwrap();
-    Arc::new(FleetBackend::open(&settings.hsm.members(), &Arc::new(Metrics::new())).unwrap())
+    Arc::new(FleetBackend::open(&settings.hsm.members(), Arc::new(Metrics::new())).unwrap())
 }
 
 fn deadline() -> Instant {

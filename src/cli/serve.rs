@@ -72,14 +72,13 @@ fn open_backend(
     let failed = |e| format!("cannot open the HSM: {e}");
     let members = match &settings.hsm {
         Hsm::Single(hsm) => {
-            let backend =
-                Pkcs11Backend::open_with_metrics(hsm, Arc::clone(metrics)).map_err(failed)?;
+            let backend = Pkcs11Backend::open_with_metrics(hsm, metrics.clone()).map_err(failed)?;
             let identity = backend.token_identity();
             return Ok((Arc::new(backend), identity));
         }
         Hsm::Fleet(_) => settings.hsm.members(),
     };
-    let fleet = FleetBackend::open(&members, metrics).map_err(failed)?;
+    let fleet = FleetBackend::open(&members, metrics.clone()).map_err(failed)?;
     let identity = fleet.members()[0].backend().token_identity();
     Ok((Arc::new(fleet), identity))
 }

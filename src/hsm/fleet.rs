@@ -34,7 +34,7 @@ use super::{
     KeyMetadata, MemberHealth, MemberStatus, Served, ServedFuture, Tier,
 };
 use crate::config::HsmMemberSettings;
-use crate::metrics::Metrics;
+use crate::hsm::HsmObserver;
 use crate::xks::ExternalKeyId;
 
 /// How often members that are out get their deep check.
@@ -103,7 +103,10 @@ impl Drop for Outstanding<'_> {
 impl FleetBackend {
     /// Opens every member (blocking; at startup), sharing one context per module, and starts
     /// the probe thread. Fails if any member cannot be opened or two members share an id.
-    pub fn open(settings: &[HsmMemberSettings], metrics: &Arc<Metrics>) -> Result<Self, HsmError> {
+    pub fn open(
+        settings: &[HsmMemberSettings],
+        observer: Arc<dyn HsmObserver>,
+    ) -> Result<Self, HsmError> {
         let mut modules: HashMap<std::path::PathBuf, Arc<ModuleContext>> = HashMap::new();
         let mut members: Vec<FleetMember> = Vec::with_capacity(settings.len());
         for member in settings {
@@ -113,7 +116,7 @@ impl FleetBackend {
                 Entry::Occupied(open) => Arc::clone(open.get()),
                 Entry::Vacant(slot) => Arc::clone(slot.insert(ModuleContext::open(path)?)),
             };
-            let backend = Pkcs11Backend::open_on(&module, &member.hsm, Arc::clone(metrics))
+            let backend = Pkcs11Backend::open_on(&module, &member.hsm, Arc::clone(&observer))
                 .map_err(|e| {
                     HsmError::Unavailable(format!("HSM member {:?}: {e}", member.hsm.token))
                 })?;

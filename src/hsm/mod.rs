@@ -8,6 +8,7 @@ mod error;
 #[cfg(test)]
 pub(crate) mod fake;
 mod fleet;
+mod observer;
 pub mod pkcs11;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use zeroize::Zeroizing;
 
 pub use error::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 pub use fleet::{FleetBackend, FleetMember};
+pub use observer::{HsmObserver, NoObserver};
 
 use crate::xks::ExternalKeyId;
 

@@ -18,8 +18,8 @@ use super::key_info::KeyProtection;
 use super::keys::{self, read_info, read_usages};
 use super::timing::{call, timed};
 use super::token;
+use crate::hsm::HsmObserver;
 use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};
-use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Length in bytes of the keys the proxy creates (AES-256).
@@ -52,14 +52,14 @@ impl Pkcs11Backend {
     /// object already carries the label (public objects are never served, so they do not
     /// block it).
     pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
-        self.with_admin_session(|session| create(session, &self.shared.metrics, label, usages))
+        self.with_admin_session(|session| create(session, &*self.shared.observer, label, usages))
     }
 
     /// Whether a private token object carries `label` (blocking); public objects, which the
     /// proxy never serves, do not count.
     pub fn key_exists(&self, label: &ExternalKeyId) -> Result<bool, HsmError> {
         self.with_admin_session(|session| {
-            match keys::find(session, &self.shared.metrics, label, Operation::Admin) {
+            match keys::find(session, &*self.shared.observer, label, Operation::Admin) {
                 Ok(_) | Err(HsmError::AmbiguousKey { .. }) => Ok(true),
                 Err(HsmError::KeyNotFound) => Ok(false),
                 Err(err) => Err(err),
@@ -79,11 +79,11 @@ impl Pkcs11Backend {
         usages: &[KeyUsage],
     ) -> Result<(), HsmError> {
         self.with_admin_session(|session| {
-            let metrics = &self.shared.metrics;
-            refuse_existing(session, metrics, label)?;
+            let observer = &*self.shared.observer;
+            refuse_existing(session, observer, label)?;
             let mut template = key_template(label, usages);
             template.push(Attribute::Value(value.to_vec()));
-            let created = make_locked(metrics, label, "C_CreateObject", &mut template, |t| {
+            let created = make_locked(observer, label, "C_CreateObject", &mut template, |t| {
                 session.create_object(t)
             });
             for attribute in &mut template {
@@ -101,7 +101,7 @@ impl Pkcs11Backend {
     /// label, each with its protection (blocking).
     pub fn list_keys(&self) -> Result<Vec<KeyListing>, HsmError> {
         let shared = &self.shared;
-        self.with_admin_session(|session| list(session, &shared.metrics, &shared.health_key))
+        self.with_admin_session(|session| list(session, &*shared.observer, &shared.health_key))
     }
 
     /// Runs `f` on the admin session, reopening it first if an earlier failure closed it, and
@@ -119,7 +119,7 @@ impl Pkcs11Backend {
                 let shared = &self.shared;
                 token::open_session(
                     &shared.pkcs11,
-                    &shared.metrics,
+                    &*shared.observer,
                     *shared.slot.read(),
                     &shared.pin,
                     true,
@@ -141,11 +141,11 @@ impl Pkcs11Backend {
 /// HSM failure are logged, not fatal: the health check then reports the member unavailable.
 pub(super) fn ensure_health_key(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
     create_if_missing: bool,
 ) -> Result<(), HsmError> {
-    match keys::find(session, metrics, label, Operation::Admin) {
+    match keys::find(session, observer, label, Operation::Admin) {
         Ok(key) => {
             if let Err(err) = key.info.require_aes_256() {
                 tracing::warn!(key = %label, error = %err, "the health-check key is unusable");
@@ -161,7 +161,7 @@ pub(super) fn ensure_health_key(
         Err(HsmError::KeyNotFound) if create_if_missing => {
             create(
                 session,
-                metrics,
+                observer,
                 label,
                 &[KeyUsage::Encrypt, KeyUsage::Decrypt],
             )?;
@@ -183,14 +183,14 @@ pub(super) fn ensure_health_key(
 
 fn create(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
     usages: &[KeyUsage],
 ) -> Result<(), HsmError> {
-    refuse_existing(session, metrics, label)?;
+    refuse_existing(session, observer, label)?;
     let mut template = key_template(label, usages);
     template.push(Attribute::ValueLen(AES_256_LEN.into()));
-    make_locked(metrics, label, "C_GenerateKey", &mut template, |t| {
+    make_locked(observer, label, "C_GenerateKey", &mut template, |t| {
         session.generate_key(&Mechanism::AesKeyGen, t)
     })?;
     tracing::info!(key = %label, ?usages, "created an AES-256 key");
@@ -204,7 +204,7 @@ fn create(
 /// (`CKR_ATTRIBUTE_TYPE_INVALID`; `CKA_COPYABLE` is PKCS#11 2.40) gets the key without it,
 /// and the log says so.
 fn make_locked(
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
     function: &'static str,
     template: &mut Vec<Attribute>,
@@ -221,7 +221,7 @@ fn make_locked(
         if copyable_lock {
             template.push(Attribute::Copyable(false));
         }
-        let made = timed(metrics, function, || make(template));
+        let made = timed(observer, function, || make(template));
         if made.is_ok() {
             for (kept, name) in [
                 (modifiable_lock, "CKA_MODIFIABLE"),
@@ -256,10 +256,10 @@ fn make_locked(
 /// [`HsmError::KeyAlreadyExists`] if a private token object carries `label`.
 fn refuse_existing(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
 ) -> Result<(), HsmError> {
-    match keys::find(session, metrics, label, Operation::Admin) {
+    match keys::find(session, observer, label, Operation::Admin) {
         Err(HsmError::KeyNotFound) => Ok(()),
         Ok(_) | Err(HsmError::AmbiguousKey { .. }) => Err(HsmError::KeyAlreadyExists),
         Err(err) => Err(err),
@@ -293,17 +293,17 @@ fn key_template(label: &ExternalKeyId, usages: &[KeyUsage]) -> Vec<Attribute> {
 
 fn list(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     health_key: &ExternalKeyId,
 ) -> Result<Vec<KeyListing>, HsmError> {
     let op = Operation::Admin;
-    let handles = call(metrics, "C_FindObjects", op, || {
+    let handles = call(observer, "C_FindObjects", op, || {
         session.find_objects(&[Attribute::Token(true)])
     })?;
     let mut listing = Vec::new();
     for handle in handles {
         let read = || -> Result<Option<KeyListing>, HsmError> {
-            let info = read_info(session, metrics, handle, op)?;
+            let info = read_info(session, observer, handle, op)?;
             let is_key = [
                 ObjectClass::SECRET_KEY,
                 ObjectClass::PRIVATE_KEY,
@@ -313,7 +313,7 @@ fn list(
             if !is_key {
                 return Ok(None);
             }
-            let label = call(metrics, "C_GetAttributeValue", op, || {
+            let label = call(observer, "C_GetAttributeValue", op, || {
                 session.get_attributes(handle, &[AttributeType::Label])
             })?
             .into_iter()
@@ -326,7 +326,7 @@ fn list(
                 health_check: label == health_key.as_str(),
                 label,
                 spec: info.spec(),
-                usages: read_usages(session, metrics, handle, op)?,
+                usages: read_usages(session, observer, handle, op)?,
                 protection: info.protection,
             }))
         };

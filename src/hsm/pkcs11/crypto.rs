@@ -19,11 +19,11 @@ use super::errors::{Operation, fail};
 use super::keys::{read_usages, with_key};
 use super::timing::call;
 use super::token::{self, TokenIdentity};
+use crate::hsm::HsmObserver;
 use crate::hsm::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
     KeyStatus, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier,
 };
-use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// Tag length in bits, as `CK_GCM_PARAMS.ulTagBits` wants it.
@@ -45,7 +45,7 @@ pub(super) fn encrypt(
         key.info.require_aes_256()?;
         gcm_encrypt(
             session,
-            &shared.metrics,
+            &*shared.observer,
             key.handle,
             &request.plaintext,
             &request.aad,
@@ -73,7 +73,7 @@ pub(super) fn decrypt(
         key.info.require_aes_256()?;
         gcm_decrypt(
             session,
-            &shared.metrics,
+            &*shared.observer,
             key.handle,
             &input,
             &request.iv,
@@ -94,7 +94,7 @@ pub(super) fn metadata(
     with_key(session, shared, key, op, |key| {
         Ok(KeyMetadata {
             spec: key.info.spec(),
-            usages: read_usages(session, &shared.metrics, key.handle, op)?,
+            usages: read_usages(session, &*shared.observer, key.handle, op)?,
             status: KeyStatus::Enabled,
         })
     })
@@ -105,12 +105,12 @@ pub(super) fn metadata(
 pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenIdentity, HsmError> {
     let op = Operation::Health;
     let label = &shared.health_key;
-    let metrics = &shared.metrics;
+    let observer = &*shared.observer;
     let sealed = with_key(session, shared, label, op, |key| {
         key.info.require_aes_256()?;
         gcm_encrypt(
             session,
-            metrics,
+            observer,
             key.handle,
             HEALTH_PLAINTEXT,
             HEALTH_AAD,
@@ -121,7 +121,7 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
     input.extend_from_slice(&sealed.tag);
     let opened = with_key(session, shared, label, op, |key| {
         gcm_decrypt(
-            session, metrics, key.handle, &input, &sealed.iv, HEALTH_AAD, op,
+            session, observer, key.handle, &input, &sealed.iv, HEALTH_AAD, op,
         )
     })?;
     if opened.as_slice() != HEALTH_PLAINTEXT {
@@ -132,13 +132,13 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
             tier: Tier::Device,
         }));
     }
-    token::identity(&shared.pkcs11, metrics, *shared.slot.read(), op)
+    token::identity(&shared.pkcs11, observer, *shared.slot.read(), op)
 }
 
 /// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV.
 fn gcm_encrypt(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     key: ObjectHandle,
     plaintext: &[u8],
     aad: &[u8],
@@ -152,7 +152,7 @@ fn gcm_encrypt(
     let mut output = {
         let params =
             GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-        call(metrics, "C_Encrypt", op, || {
+        call(observer, "C_Encrypt", op, || {
             session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
         })?
     };
@@ -172,7 +172,7 @@ fn gcm_encrypt(
 /// `C_DecryptInit` + `C_Decrypt` of `ciphertext‖tag` with `CKM_AES_GCM`.
 fn gcm_decrypt(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     key: ObjectHandle,
     input: &[u8],
     iv: &[u8],
@@ -181,7 +181,7 @@ fn gcm_decrypt(
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     let mut iv = iv.to_vec();
     let params = GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-    let plaintext = call(metrics, "C_Decrypt", op, || {
+    let plaintext = call(observer, "C_Decrypt", op, || {
         session.decrypt(&Mechanism::AesGcm(params), key, input)
     })
     .map(Zeroizing::new)?;

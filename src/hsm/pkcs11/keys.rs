@@ -27,8 +27,8 @@ use super::Shared;
 use super::errors::{Operation, is_stale_handle};
 use super::key_info::{KeyInfo, KeyProtection};
 use super::timing::call;
+use crate::hsm::HsmObserver;
 use crate::hsm::{HsmError, KeyUsage, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
-use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// A cached lookup result.
@@ -55,14 +55,14 @@ impl KeyCache {
     pub(super) fn get(
         &self,
         session: &Session,
-        metrics: &Metrics,
+        observer: &dyn HsmObserver,
         label: &ExternalKeyId,
         op: Operation,
     ) -> Result<CachedKey, HsmError> {
         if let Some(key) = self.map.read().get(label) {
             return Ok(*key);
         }
-        let key = find(session, metrics, label, op)?;
+        let key = find(session, observer, label, op)?;
         let problems = key.info.protection.problems();
         if !problems.is_empty() {
             tracing::warn!(
@@ -100,13 +100,13 @@ pub(super) fn with_key<T>(
     op: Operation,
     mut f: impl FnMut(&CachedKey) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
-    let (cache, metrics) = (&shared.keys, &*shared.metrics);
-    let key = cache.get(session, metrics, label, op)?;
+    let (cache, observer) = (&shared.keys, &*shared.observer);
+    let key = cache.get(session, observer, label, op)?;
     match f(&key) {
         Err(err) if is_stale_handle(&err) => {
             tracing::info!(key = %label, "cached key handle went stale; looking the key up again");
             cache.invalidate(label, key.handle);
-            let key = cache.get(session, metrics, label, op)?;
+            let key = cache.get(session, observer, label, op)?;
             f(&key)
         }
         other => other,
@@ -121,7 +121,7 @@ pub(super) fn with_key<T>(
 /// private objects with the label are still [`HsmError::AmbiguousKey`].
 pub(super) fn find(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
     op: Operation,
 ) -> Result<CachedKey, HsmError> {
@@ -131,18 +131,18 @@ pub(super) fn find(
         Attribute::Private(true),
     ];
     // find_objects always ends with C_FindObjectsFinal, also on error.
-    let handles = call(metrics, "C_FindObjects", op, || {
+    let handles = call(observer, "C_FindObjects", op, || {
         session.find_objects(&template)
     })?;
     match handles.as_slice() {
         [] => {
-            ensure_logged_in(session, metrics, op)?;
-            report_public_objects(session, metrics, label, op)?;
+            ensure_logged_in(session, observer, op)?;
+            report_public_objects(session, observer, label, op)?;
             Err(HsmError::KeyNotFound)
         }
         [handle] => Ok(CachedKey {
             handle: *handle,
-            info: read_info(session, metrics, *handle, op)?,
+            info: read_info(session, observer, *handle, op)?,
         }),
         several => {
             tracing::warn!(key = %label, count = several.len(), "several HSM objects share a key id");
@@ -158,7 +158,7 @@ pub(super) fn find(
 /// nothing (never for a served key), and costs one more search then.
 fn report_public_objects(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     label: &ExternalKeyId,
     op: Operation,
 ) -> Result<(), HsmError> {
@@ -167,7 +167,7 @@ fn report_public_objects(
         Attribute::Token(true),
         Attribute::Private(false),
     ];
-    let public = call(metrics, "C_FindObjects", op, || {
+    let public = call(observer, "C_FindObjects", op, || {
         session.find_objects(&template)
     })?;
     if !public.is_empty() {
@@ -184,7 +184,7 @@ fn report_public_objects(
 /// `C_GetAttributeValue` (every attribute asked for has a fixed size).
 pub(super) fn read_info(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<KeyInfo, HsmError> {
@@ -196,7 +196,7 @@ pub(super) fn read_info(
         AttributeType::Sensitive,
         AttributeType::Extractable,
     ];
-    let attributes = call(metrics, "C_GetAttributeValue", op, || {
+    let attributes = call(observer, "C_GetAttributeValue", op, || {
         session.get_attributes(handle, &wanted)
     })?;
     // Absent protection attributes count as the unsafe value.
@@ -238,7 +238,7 @@ pub(super) fn read_info(
 /// Reads the seven usage flags, in spec order (K-3, K-4). Absent flags count as false.
 pub(super) fn read_usages(
     session: &Session,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<Vec<KeyUsage>, HsmError> {
@@ -251,7 +251,7 @@ pub(super) fn read_usages(
         AttributeType::Unwrap,
         AttributeType::Derive,
     ];
-    let attributes = call(metrics, "C_GetAttributeValue", op, || {
+    let attributes = call(observer, "C_GetAttributeValue", op, || {
         session.get_attributes(handle, &wanted)
     })?;
     let mut usages: Vec<KeyUsage> = attributes
@@ -273,8 +273,12 @@ pub(super) fn read_usages(
 
 /// Private keys are invisible without a login, so "not found" on a session that lost its
 /// login would be a lie: report it as a login-tier failure so the worker logs in again.
-fn ensure_logged_in(session: &Session, metrics: &Metrics, op: Operation) -> Result<(), HsmError> {
-    let info = call(metrics, "C_GetSessionInfo", op, || {
+fn ensure_logged_in(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    op: Operation,
+) -> Result<(), HsmError> {
+    let info = call(observer, "C_GetSessionInfo", op, || {
         session.get_session_info()
     })?;
     match info.session_state() {

@@ -10,8 +10,8 @@
 //! Layout: `errors` classifies return values (with `codes` naming them), `token` selects the
 //! token and opens sessions, `keys` finds keys by label and caches handles, `crypto` runs
 //! AES-GCM, metadata and the health check, `pool` owns the worker threads and `admin` holds
-//! the blocking CLI calls. Every PKCS#11 call goes through `timing`, which records its
-//! duration in the process's [`Metrics`].
+//! the blocking CLI calls. Every PKCS#11 call goes through `timing`, which reports its
+//! duration to the one [`HsmObserver`] (the process's metrics in `serve`).
 
 mod admin;
 mod codes;
@@ -49,11 +49,11 @@ use self::errors::Operation;
 use self::keys::KeyCache;
 use self::pool::Pool;
 use crate::config::HsmSettings;
+use crate::hsm::HsmObserver;
 use crate::hsm::{
     BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
-    KeyMetadata, MemberHealth, MemberStatus, Served, ServedFuture,
+    KeyMetadata, MemberHealth, MemberStatus, NoObserver, Served, ServedFuture,
 };
-use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
 
 /// A [`KeyBackend`] on one PKCS#11 token.
@@ -92,27 +92,27 @@ struct Shared {
     /// Set once the token refuses the PIN; nobody logs in again (PIN lockout protection).
     login_refused: AtomicBool,
     /// PKCS#11 call latency and worker session gauges.
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn HsmObserver>,
 }
 
 impl Pkcs11Backend {
     /// Loads the module, selects and logs in to the token, makes sure the health-check key
     /// exists (creating it if `settings.create_health_key`) and starts the workers.
     ///
-    /// Blocking; call it at startup, not from an async task. Metrics go to a private registry;
-    /// use [`Pkcs11Backend::open_with_metrics`] to expose them.
+    /// Blocking; call it at startup, not from an async task. Nothing is measured; use
+    /// [`Pkcs11Backend::open_with_metrics`] to report into the process's metrics.
     pub fn open(settings: &HsmSettings) -> Result<Self, HsmError> {
-        Self::open_with_metrics(settings, Arc::new(Metrics::new()))
+        Self::open_with_metrics(settings, Arc::new(NoObserver))
     }
 
     /// [`Pkcs11Backend::open`], recording PKCS#11 call latency
-    /// (`xks_hsm_call_duration_seconds`) and worker sessions (`xks_hsm_sessions`) in `metrics`.
+    /// (`xks_hsm_call_duration_seconds`) and worker sessions (`xks_hsm_sessions`) in `observer`.
     pub fn open_with_metrics(
         settings: &HsmSettings,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn HsmObserver>,
     ) -> Result<Self, HsmError> {
         let module = ModuleContext::open(&settings.module)?;
-        Self::open_on(&module, settings, metrics)
+        Self::open_on(&module, settings, observer)
     }
 
     /// [`Pkcs11Backend::open_with_metrics`] on a module another member already opened:
@@ -120,23 +120,23 @@ impl Pkcs11Backend {
     pub fn open_on(
         module: &Arc<ModuleContext>,
         settings: &HsmSettings,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn HsmObserver>,
     ) -> Result<Self, HsmError> {
         let pkcs11 = module.pkcs11().clone();
-        let slot = token::select(&pkcs11, &metrics, &settings.token)?;
-        let identity = token::identity(&pkcs11, &metrics, slot, Operation::Session)?;
+        let slot = token::select(&pkcs11, &*observer, &settings.token)?;
+        let identity = token::identity(&pkcs11, &*observer, slot, Operation::Session)?;
         let pin = settings.user_pin.clone();
-        let admin = token::open_session(&pkcs11, &metrics, slot, &pin, true)?;
+        let admin = token::open_session(&pkcs11, &*observer, slot, &pin, true)?;
         admin::ensure_health_key(
             &admin,
-            &metrics,
+            &*observer,
             &settings.health_key_label,
             settings.create_health_key,
         )?;
 
         let mut sessions = Vec::with_capacity(settings.sessions.get());
         for _ in 0..settings.sessions.get() {
-            sessions.push(token::open_session(&pkcs11, &metrics, slot, &pin, false)?);
+            sessions.push(token::open_session(&pkcs11, &*observer, slot, &pin, false)?);
         }
         let shared = Arc::new(Shared {
             module: Arc::clone(module),
@@ -149,7 +149,7 @@ impl Pkcs11Backend {
             keys: KeyCache::default(),
             health_key: settings.health_key_label.clone(),
             login_refused: AtomicBool::new(false),
-            metrics,
+            observer,
         });
         let pool = Pool::start(&shared, sessions, settings.queue_depth)?;
         let recovery = recovery::start(&shared, settings.token.clone())?;

@@ -90,8 +90,8 @@ impl Pool {
         let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
         let open = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
         // Added, not set: the members of a fleet share one gauge.
-        shared.metrics.add_hsm_sessions(IDLE, open);
-        shared.metrics.add_hsm_sessions(IN_USE, 0);
+        shared.observer.add_hsm_sessions(IDLE, open);
+        shared.observer.add_hsm_sessions(IN_USE, 0);
         let liveness = Arc::new(Liveness::new(sessions.len()));
         let mut workers = Vec::with_capacity(sessions.len());
         for (id, session) in sessions.into_iter().enumerate() {
@@ -310,17 +310,17 @@ impl Worker {
             (true, false) => self.liveness.lost(),
             _ => {}
         }
-        let metrics = &self.shared.metrics;
+        let observer = &*self.shared.observer;
         match (self.counted_as, now) {
             (before, after) if before == after => {}
-            (Some(IDLE), Some(IN_USE)) => metrics.hsm_session_busy(true),
-            (Some(IN_USE), Some(IDLE)) => metrics.hsm_session_busy(false),
+            (Some(IDLE), Some(IN_USE)) => observer.hsm_session_busy(true),
+            (Some(IN_USE), Some(IDLE)) => observer.hsm_session_busy(false),
             (before, after) => {
                 if let Some(state) = before {
-                    metrics.add_hsm_sessions(state, -1);
+                    observer.add_hsm_sessions(state, -1);
                 }
                 if let Some(state) = after {
-                    metrics.add_hsm_sessions(state, 1);
+                    observer.add_hsm_sessions(state, 1);
                 }
             }
         }
@@ -393,7 +393,7 @@ impl Worker {
         let generation = shared_generation(shared);
         match token::open_session(
             &shared.pkcs11,
-            &shared.metrics,
+            &*shared.observer,
             *shared.slot.read(),
             &shared.pin,
             false,

@@ -190,8 +190,8 @@ fn rebuild(shared: &Shared, selector: &TokenSelector, seen: u64) -> Result<(), H
 /// Token selection and a test login, under the module's call guard.
 fn reconnect(shared: &Shared, selector: &TokenSelector) -> Result<(), HsmError> {
     let _calls = shared.module.calls();
-    let slot = token::select(&shared.pkcs11, &shared.metrics, selector)?;
-    let probe = token::open_session(&shared.pkcs11, &shared.metrics, slot, &shared.pin, false)?;
+    let slot = token::select(&shared.pkcs11, &*shared.observer, selector)?;
+    let probe = token::open_session(&shared.pkcs11, &*shared.observer, slot, &shared.pin, false)?;
     drop(probe);
     *shared.slot.write() = slot;
     Ok(())

@@ -12,22 +12,26 @@ use std::time::Instant;
 
 use super::errors::{Operation, fail};
 use crate::hsm::HsmError;
-use crate::metrics::Metrics;
+use crate::hsm::HsmObserver;
 
 /// Runs `call`, recording its duration as one `function` call.
-pub(super) fn timed<T>(metrics: &Metrics, function: &'static str, call: impl FnOnce() -> T) -> T {
+pub(super) fn timed<T>(
+    observer: &dyn HsmObserver,
+    function: &'static str,
+    call: impl FnOnce() -> T,
+) -> T {
     let started = Instant::now();
     let result = call();
-    metrics.hsm_call(function, started.elapsed());
+    observer.hsm_call(function, started.elapsed());
     result
 }
 
 /// Runs the cryptoki `call` timed as `function`, classifying a failure during `op`.
 pub(super) fn call<T>(
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     function: &'static str,
     op: Operation,
     call: impl FnOnce() -> cryptoki::error::Result<T>,
 ) -> Result<T, HsmError> {
-    timed(metrics, function, call).map_err(|e| fail(&e, op))
+    timed(observer, function, call).map_err(|e| fail(&e, op))
 }

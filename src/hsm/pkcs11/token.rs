@@ -16,7 +16,7 @@ use super::errors::{Operation, fail};
 use super::timing::{call, timed};
 use crate::config::TokenSelector;
 use crate::hsm::HsmError;
-use crate::metrics::Metrics;
+use crate::hsm::HsmObserver;
 
 /// Who the token says it is, from `C_GetTokenInfo`; for startup logs and health reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +59,16 @@ impl TokenIdentity {
 /// Finds the one initialised token that `selector` names.
 pub(super) fn select(
     pkcs11: &Pkcs11,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     selector: &TokenSelector,
 ) -> Result<Slot, HsmError> {
-    let slots = call(metrics, "C_GetSlotList", Operation::Session, || {
+    let slots = call(observer, "C_GetSlotList", Operation::Session, || {
         pkcs11.get_slots_with_initialized_token()
     })?;
     let mut matches = Vec::new();
     let mut seen = Vec::new();
     for slot in slots {
-        let info = call(metrics, "C_GetTokenInfo", Operation::Session, || {
+        let info = call(observer, "C_GetTokenInfo", Operation::Session, || {
             pkcs11.get_token_info(slot)
         })?;
         let (label, serial) = (info.label().trim(), info.serial_number().trim());
@@ -97,11 +97,11 @@ pub(super) fn select(
 /// Reads the token identity of `slot`.
 pub(super) fn identity(
     pkcs11: &Pkcs11,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     slot: Slot,
     op: Operation,
 ) -> Result<TokenIdentity, HsmError> {
-    let info = call(metrics, "C_GetTokenInfo", op, || {
+    let info = call(observer, "C_GetTokenInfo", op, || {
         pkcs11.get_token_info(slot)
     })?;
     Ok(TokenIdentity::from_info(&info))
@@ -110,28 +110,32 @@ pub(super) fn identity(
 /// Opens a session on `slot` (R/W when `read_write`) and makes sure the user is logged in.
 pub(super) fn open_session(
     pkcs11: &Pkcs11,
-    metrics: &Metrics,
+    observer: &dyn HsmObserver,
     slot: Slot,
     pin: &SecretString,
     read_write: bool,
 ) -> Result<Session, HsmError> {
     let op = Operation::Session;
-    let session = call(metrics, "C_OpenSession", op, || {
+    let session = call(observer, "C_OpenSession", op, || {
         if read_write {
             pkcs11.open_rw_session(slot)
         } else {
             pkcs11.open_ro_session(slot)
         }
     })?;
-    login(&session, metrics, pin).map_err(|e| fail(&e, op))?;
+    login(&session, observer, pin).map_err(|e| fail(&e, op))?;
     Ok(session)
 }
 
 /// `C_Login` as CKU_USER; an application that is already logged in counts as success.
 ///
 /// cryptoki exposes the PIN only for the duration of the call; `SecretString` wipes it on drop.
-pub(super) fn login(session: &Session, metrics: &Metrics, pin: &SecretString) -> Result<(), Error> {
-    match timed(metrics, "C_Login", || {
+pub(super) fn login(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    pin: &SecretString,
+) -> Result<(), Error> {
+    match timed(observer, "C_Login", || {
         session.login(UserType::User, Some(pin))
     }) {
         Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) | Ok(()) => Ok(()),
