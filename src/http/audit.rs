@@ -38,11 +38,17 @@
 //!
 //! [`AuthError::reason`]: crate::auth::AuthError::reason
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use http::StatusCode;
 
 use super::error::ApiError;
+use super::routing::Operation;
+use super::{ApiConfig, AppState, KeepsConnectionAlive};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::xks::XksError;
 use crate::xks::wire::RequestMetadata;
@@ -57,7 +63,7 @@ const UNKNOWN_OPERATION: &str = "unknown";
 
 /// What is known about a request so far; filled in while it is handled, emitted once at the
 /// end by [`AuditRecord::finish`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct AuditRecord {
     /// The key store's name, once the path resolved.
     pub(super) key_store: Option<String>,
@@ -158,7 +164,7 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// An [`AuditRecord`] that is written exactly once: by [`AuditGuard::finish`], or, if the
 /// handler panicked or was dropped (client gone) first, when the guard is dropped.
-pub(super) struct AuditGuard<'a> {
+struct AuditGuard<'a> {
     record: AuditRecord,
     metrics: &'a Metrics,
     started: Instant,
@@ -166,7 +172,7 @@ pub(super) struct AuditGuard<'a> {
 }
 
 impl<'a> AuditGuard<'a> {
-    pub(super) fn new(metrics: &'a Metrics, started: Instant) -> Self {
+    fn new(metrics: &'a Metrics, started: Instant) -> Self {
         Self {
             record: AuditRecord::default(),
             metrics,
@@ -176,17 +182,17 @@ impl<'a> AuditGuard<'a> {
     }
 
     /// The record to fill in.
-    pub(super) fn record(&mut self) -> &mut AuditRecord {
+    fn record(&mut self) -> &mut AuditRecord {
         &mut self.record
     }
 
     /// Whether the request passed SigV4.
-    pub(super) fn authenticated(&self) -> bool {
+    fn authenticated(&self) -> bool {
         self.record.authenticated
     }
 
     /// Writes the line for the answer sent.
-    pub(super) fn finish(mut self, status: StatusCode, error: Option<&ApiError>) {
+    fn finish(mut self, status: StatusCode, error: Option<&ApiError>) {
         self.written = true;
         std::mem::take(&mut self.record).finish(
             self.metrics,
@@ -211,4 +217,81 @@ impl Drop for AuditGuard<'_> {
             record.abandoned(self.metrics, elapsed);
         }
     }
+}
+
+impl AuditRecord {
+    /// Takes every fact `later` knows (the handler's) over this one (the layer's).
+    fn absorb(&mut self, later: Self) {
+        let Self {
+            key_store,
+            operation,
+            external_key_id,
+            metadata,
+            auth_failure,
+            data_bytes,
+            aad_bytes,
+            hsm_member,
+            authenticated,
+        } = later;
+        self.key_store = key_store.or(self.key_store.take());
+        self.operation = operation.or(self.operation);
+        self.external_key_id = external_key_id.or(self.external_key_id.take());
+        self.metadata = metadata.or(self.metadata.take());
+        self.auth_failure = auth_failure.or(self.auth_failure);
+        self.data_bytes = data_bytes.or(self.data_bytes);
+        self.aad_bytes = aad_bytes.or(self.aad_bytes);
+        self.hsm_member = hsm_member.or(self.hsm_member.take());
+        self.authenticated |= authenticated;
+    }
+}
+
+/// What the audit layer resolved before the handler runs: the configuration snapshot the
+/// request uses from start to end, and its route (step 1 of §3.4). A request extension.
+#[derive(Clone)]
+pub(super) struct Routed {
+    pub(super) api: Arc<ApiConfig>,
+    pub(super) route: Result<(usize, Operation), XksError>,
+}
+
+impl Routed {
+    /// Resolves `uri` against the configuration in effect now.
+    pub(super) fn resolve(state: &AppState, uri: &http::Uri) -> Self {
+        let api = state.api.load_full();
+        let route = api.routes.resolve(uri.path(), uri.query());
+        Self { api, route }
+    }
+}
+
+/// The layer around the XKS API: the one place that counts requests in flight and writes every
+/// audit line and request metric, from the facts the handler attaches to its response (an
+/// [`AuditRecord`] and, for a failure, the [`ApiError`]). It resolves the route first, so even a
+/// request whose handler panics or whose client goes away is logged with its key store and
+/// operation.
+pub(super) async fn layer(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let _in_flight = state.metrics.request_started();
+    let mut guard = AuditGuard::new(&state.metrics, Instant::now());
+    let routed = Routed::resolve(&state, request.uri());
+    if let Ok((index, operation)) = &routed.route
+        && let Some(store) = routed.api.stores.get(*index)
+    {
+        let record = guard.record();
+        record.key_store = Some(store.settings.name.clone());
+        record.operation = Some(operation.name());
+        record.external_key_id = operation.key().map(|k| k.to_string());
+    }
+    request.extensions_mut().insert(routed);
+    let mut response = next.run(request).await;
+    if let Some(facts) = response.extensions_mut().remove::<AuditRecord>() {
+        guard.record().absorb(facts);
+    }
+    let error = response.extensions_mut().remove::<ApiError>();
+    if guard.authenticated() {
+        response.extensions_mut().insert(KeepsConnectionAlive);
+    }
+    guard.finish(response.status(), error.as_ref());
+    response
 }

@@ -45,8 +45,10 @@ impl<E: Into<XksError>> From<E> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The response carries the error itself as an extension, for the audit layer.
     fn into_response(self) -> Response {
-        match self {
+        let error = self.clone();
+        let mut response = match self {
             Self::Xks(err) => json_response(err.status(), err.to_json()),
             Self::MethodNotAllowed { allow } => {
                 let err = XksError::new(
@@ -58,7 +60,9 @@ impl IntoResponse for ApiError {
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
                 resp
             }
-        }
+        };
+        response.extensions_mut().insert(error);
+        response
     }
 }
 

@@ -8,10 +8,10 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, header, request::Parts};
 
-use super::audit::{AuditGuard, AuditRecord};
+use super::audit::{AuditRecord, Routed};
 use super::error::ApiError;
 use super::routing::Operation;
-use super::{ApiConfig, AppState, KeepsConnectionAlive, KeyStore};
+use super::{ApiConfig, AppState, KeyStore};
 use super::{body, operations};
 use crate::xks::wire::{DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest};
 use crate::xks::{ErrorName, ExternalKeyId, XksError};
@@ -32,40 +32,33 @@ pub(super) async fn ping_method_not_allowed(request: Request) -> Response {
     ApiError::MethodNotAllowed { allow: "GET" }.into_response()
 }
 
-/// Everything except `/ping`: the XKS API. Every request ends in exactly one audit line
-/// and one `xks_requests_total` increment ([`AuditGuard`]), even if its handler panics or
-/// its client goes away.
+/// Everything except `/ping`: the XKS API, behind [`audit::layer`] (which resolved the route
+/// and writes the audit line from what this handler attaches to its response).
 pub(super) async fn xks(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let _in_flight = state.metrics.request_started();
-    let started = Instant::now();
-    let api = state.api.load_full();
-    let deadline = started + api.request_timeout;
-    let (parts, body) = request.into_parts();
-
-    let mut audit = AuditGuard::new(&state.metrics, started);
-    let result = handle(&state, &api, &parts, body, deadline, audit.record()).await;
-    let status = match &result {
-        Ok(resp) => resp.status(),
-        Err(err) => err.status(),
+    let (mut parts, body) = request.into_parts();
+    let routed = match parts.extensions.remove::<Routed>() {
+        Some(routed) => routed,
+        // Mounted without the layer: resolve here, so the API still works (unaudited).
+        None => Routed::resolve(&state, &parts.uri),
     };
-    let authenticated = audit.authenticated();
-    audit.finish(status, result.as_ref().err());
+    let deadline = Instant::now() + routed.api.request_timeout;
+    let mut facts = AuditRecord::default();
+    let result = handle(&state, &routed, &parts, body, deadline, &mut facts).await;
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    if authenticated {
-        response.extensions_mut().insert(KeepsConnectionAlive);
-    }
+    response.extensions_mut().insert(facts);
     response
 }
 
 async fn handle(
     state: &AppState,
-    api: &ApiConfig,
+    routed: &Routed,
     parts: &Parts,
     body: Body,
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let (store, operation) = match route(api, parts, audit) {
+    let api = &*routed.api;
+    let (store, operation) = match route(routed, parts) {
         Ok(routed) => routed,
         Err(err) => {
             // Read what the client is still sending, so the answer reaches it (body.rs).
@@ -122,21 +115,15 @@ async fn handle(
 }
 
 /// The steps before the body is read (§3.4 steps 1–2): a well-formed HTTP/2 request head,
-/// the key store and operation from the path (404), and the method (405).
-fn route<'a>(
-    api: &'a ApiConfig,
-    parts: &Parts,
-    audit: &mut AuditRecord,
-) -> Result<(&'a KeyStore, Operation), ApiError> {
+/// the key store and operation the layer resolved from the path (404), and the method (405).
+fn route<'a>(routed: &'a Routed, parts: &Parts) -> Result<(&'a KeyStore, Operation), ApiError> {
     require_consistent_authority(parts)?;
-    let (store_index, operation) = api.routes.resolve(parts.uri.path(), parts.uri.query())?;
-    let store = api
+    let (store_index, operation) = routed.route.clone()?;
+    let store = routed
+        .api
         .stores
         .get(store_index)
         .ok_or_else(|| XksError::internal("route table is inconsistent"))?;
-    audit.key_store = Some(store.settings.name.clone());
-    audit.operation = Some(operation.name());
-    audit.external_key_id = operation.key().map(|k| k.to_string());
     if parts.method != Method::POST {
         return Err(ApiError::MethodNotAllowed { allow: "POST" });
     }

@@ -6,6 +6,11 @@
 //! (429) → SigV4 (401) → key store state (400) → quota (429) → content type and JSON (400) →
 //! key allowlist (404) → sizes (501) → HSM. `GET /ping` answers 200 unauthenticated for load
 //! balancers (LB-1).
+//!
+//! Where: [`audit::layer`] wraps the API, resolves the route and writes the one audit line and
+//! the request metrics from the final response; `handlers.rs` runs the stages in the order
+//! above; `body.rs` reads bodies; `operations.rs` calls the HSM; `error.rs` turns errors into
+//! responses.
 
 pub mod audit;
 mod body;
@@ -23,6 +28,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::handler::Handler;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -195,7 +201,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/ping",
             get(handlers::ping).fallback(handlers::ping_method_not_allowed),
         )
-        .fallback(handlers::xks)
+        .fallback(Handler::layer(
+            handlers::xks,
+            axum::middleware::from_fn_with_state(Arc::clone(&state), audit::layer),
+        ))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .with_state(state)
 }
