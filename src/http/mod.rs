@@ -7,7 +7,7 @@
 //! key allowlist (404) → sizes (501) → HSM. `GET /ping` answers 200 unauthenticated for load
 //! balancers (LB-1).
 //!
-//! Where: [`audit::layer`] wraps the API, resolves the route and writes the one audit line and
+//! Where: the layer in `audit.rs` wraps the API, resolves the route and writes the one audit line and
 //! the request metrics from the final response; `handlers.rs` runs the stages in the order
 //! above; `body.rs` reads bodies; `operations.rs` calls the HSM; `error.rs` turns errors into
 //! responses.
