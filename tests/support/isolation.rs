@@ -22,19 +22,22 @@ const CHILD_MARKER: &str = "XKS_TEST_CHILD";
 const SO_PIN: &str = "test-so-pin";
 
 /// Whether this process is the child that runs `test`.
-pub fn is_child(test: &str) -> bool {
+pub(crate) fn is_child(test: &str) -> bool {
     std::env::var(CHILD_MARKER).as_deref() == Ok(test)
 }
 
 /// Whether this process is a child of [`run_child`] (any test).
-pub fn in_child() -> bool {
+pub(crate) fn in_child() -> bool {
     std::env::var_os(CHILD_MARKER).is_some()
 }
 
 /// Re-runs this test binary filtered to exactly `test`, with `env` set in the child only;
 /// forwards the child's output, asserts that it ran and passed that one test, and returns its
 /// stderr.
-pub fn run_child<'a>(test: &str, env: impl IntoIterator<Item = (&'a str, &'a OsStr)>) -> String {
+pub(crate) fn run_child<'a>(
+    test: &str,
+    env: impl IntoIterator<Item = (&'a str, &'a OsStr)>,
+) -> String {
     let exe = std::env::current_exe().expect("path of the test binary");
     let output = Command::new(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -59,7 +62,7 @@ pub fn run_child<'a>(test: &str, env: impl IntoIterator<Item = (&'a str, &'a OsS
 
 /// A SoftHSM2 token directory under `dir` with one initialised token per label, all with user
 /// PIN `pin`; returns the `softhsm2.conf` to give child processes as `SOFTHSM2_CONF`.
-pub fn token_dir(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
+pub(crate) fn token_dir(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).expect("create the token dir");
     let conf = dir.join("softhsm2.conf");
