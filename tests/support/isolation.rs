@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// Names the test a child process must run; absent in the parent.
 const CHILD_MARKER: &str = "XKS_TEST_CHILD";
@@ -73,17 +73,26 @@ pub(crate) fn token_dir(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
     );
     std::fs::write(&conf, text).expect("write softhsm2.conf");
     for label in labels {
-        let output = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", label])
-            .args(["--pin", pin, "--so-pin", SO_PIN])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("softhsm2-util must be installed (apt-get install softhsm2)");
-        assert!(
-            output.status.success(),
-            "softhsm2-util --init-token failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            Command::new("softhsm2-util")
+                .args(["--init-token", "--free", "--label", label])
+                .args(["--pin", pin, "--so-pin", SO_PIN])
+                .env("SOFTHSM2_CONF", &conf),
+            "softhsm2-util (apt-get install softhsm2)",
         );
     }
     conf
+}
+
+/// Runs a setup command and asserts that it succeeded; `what` names it and its package.
+pub(crate) fn run_ok(command: &mut Command, what: &str) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} must be installed: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }

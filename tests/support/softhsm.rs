@@ -121,16 +121,12 @@ fn create_health_key(dir: &Path, conf: &Path) {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["keys", "list", "--config"])
-        .arg(&config)
-        .env("SOFTHSM2_CONF", conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "xks-proxy keys list failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    isolation::run_ok(
+        Command::new(BIN)
+            .args(["keys", "list", "--config"])
+            .arg(&config)
+            .env("SOFTHSM2_CONF", conf),
+        "xks-proxy keys list",
     );
 }
 
@@ -238,7 +234,17 @@ static TOKEN_WRITES: Mutex<()> = Mutex::new(());
 /// second object with an existing label (URI-8) or an AES-128 key (K-2). Like every key the
 /// proxy serves, it is private, sensitive and never extractable.
 pub fn pkcs11_tool_keygen(label: &str, key_type: &str) {
-    pkcs11_tool(&[
+    pkcs11_tool_keygen_with(label, key_type, &[]);
+}
+
+/// A private, sensitive AES-256 key that can be extracted (`--extractable`): its value can
+/// leave the HSM, so the proxy must refuse it.
+pub fn pkcs11_tool_extractable_key(label: &str) {
+    pkcs11_tool_keygen_with(label, "AES:32", &["--extractable"]);
+}
+
+fn pkcs11_tool_keygen_with(label: &str, key_type: &str, extra: &[&str]) {
+    let args = [
         "--login",
         "--pin",
         USER_PIN,
@@ -250,26 +256,8 @@ pub fn pkcs11_tool_keygen(label: &str, key_type: &str) {
         "--usage-decrypt",
         "--private",
         "--sensitive",
-    ]);
-}
-
-/// A private, sensitive AES-256 key that can be extracted (`--extractable`): its value can
-/// leave the HSM, so the proxy must refuse it.
-pub fn pkcs11_tool_extractable_key(label: &str) {
-    pkcs11_tool(&[
-        "--login",
-        "--pin",
-        USER_PIN,
-        "--keygen",
-        "--key-type",
-        "AES:32",
-        "--label",
-        label,
-        "--usage-decrypt",
-        "--private",
-        "--sensitive",
-        "--extractable",
-    ]);
+    ];
+    pkcs11_tool(&[&args[..], extra].concat());
 }
 
 /// Plants a public (`CKA_PRIVATE=false`), non-sensitive, extractable AES-256 secret key with
@@ -297,15 +285,11 @@ pub fn plant_public_key(label: &str, value: &[u8; 32]) {
 fn pkcs11_tool(args: &[&str]) {
     let token = token();
     let _guard = TOKEN_WRITES.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new("pkcs11-tool")
-        .envs(token.env())
-        .args(["--module", MODULE, "--token-label", TOKEN_LABEL])
-        .args(args)
-        .output()
-        .expect("pkcs11-tool (opensc) must be installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    isolation::run_ok(
+        Command::new("pkcs11-tool")
+            .envs(token.env())
+            .args(["--module", MODULE, "--token-label", TOKEN_LABEL])
+            .args(args),
+        "pkcs11-tool (opensc)",
     );
 }
