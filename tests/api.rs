@@ -28,6 +28,7 @@ fn ed_key() -> String {
 
 #[tokio::test]
 async fn h_2_h_6_h_7_h_12_h_17_health_is_a_deep_check_with_the_spec_shape() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let reply = proxy
         .client()
@@ -53,6 +54,7 @@ async fn h_2_h_6_h_7_h_12_h_17_health_is_a_deep_check_with_the_spec_shape() {
 
 #[tokio::test]
 async fn h_18_err_3_g_7_malformed_health_requests_are_validation_errors() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     for body in [&b"{}"[..], br#"{"requestMetadata":{}}"#, b"not json"] {
@@ -71,6 +73,7 @@ async fn h_18_err_3_g_7_malformed_health_requests_are_validation_errors() {
 
 #[tokio::test]
 async fn k_1_to_k_7_metadata_reports_the_keys_real_attributes() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let cases = [
@@ -109,6 +112,7 @@ async fn k_1_to_k_7_metadata_reports_the_keys_real_attributes() {
 
 #[tokio::test]
 async fn g_5_g_4_extra_metadata_fields_and_unlisted_operations_are_accepted() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let body = json!({"requestMetadata": {
@@ -137,6 +141,7 @@ async fn g_5_g_4_extra_metadata_fields_and_unlisted_operations_are_accepted() {
 
 #[tokio::test]
 async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     for client in [proxy.client(), proxy.client().http2()] {
@@ -168,6 +173,7 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
 
 #[tokio::test]
 async fn e_11_every_encryption_gets_a_fresh_iv() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -186,6 +192,7 @@ async fn e_11_every_encryption_gets_a_fresh_iv() {
 
 #[tokio::test]
 async fn e_16_tr_11_tr_12_largest_spec_inputs_round_trip() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -218,6 +225,7 @@ async fn e_16_tr_11_tr_12_largest_spec_inputs_round_trip() {
 
 #[tokio::test]
 async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -244,6 +252,7 @@ async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
 
 #[tokio::test]
 async fn cdiv_8_d_11_e_key_usage_is_enforced_by_the_hsm() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let encrypt_only = create_key("enc-only", &[KeyUsage::Encrypt]);
@@ -311,6 +320,7 @@ async fn cdiv_8_d_11_e_key_usage_is_enforced_by_the_hsm() {
 
 #[tokio::test]
 async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -371,6 +381,7 @@ async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
 
 #[tokio::test]
 async fn d_2_d_6_d_7_malformed_iv_tag_and_metadata_are_rejected_before_the_hsm() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -421,6 +432,7 @@ async fn d_2_d_6_d_7_malformed_iv_tag_and_metadata_are_rejected_before_the_hsm()
 
 #[tokio::test]
 async fn e_3_e_5_e_18_encrypt_input_validation() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -473,6 +485,7 @@ async fn e_3_e_5_e_18_encrypt_input_validation() {
 
 #[tokio::test]
 async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     client
@@ -531,6 +544,7 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
 
 #[tokio::test]
 async fn uri_10_uri_11_au_12_invalid_paths_are_404_before_authentication() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let key = ed_key();
     let client = proxy.client();
@@ -566,6 +580,7 @@ async fn uri_10_uri_11_au_12_invalid_paths_are_404_before_authentication() {
 
 #[tokio::test]
 async fn mth_2_mth_3_lb_1_non_post_is_405_and_ping_is_open() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client().signer(None);
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
@@ -592,6 +607,7 @@ async fn mth_2_mth_3_lb_1_non_post_is_405_and_ping_is_open() {
 
 #[tokio::test]
 async fn au_1_au_11_au_12_authentication_failures_are_401() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let path = "/tenant-a/kms/xks/v1/health";
     let body = bodies::health();
@@ -650,6 +666,7 @@ async fn au_1_au_11_au_12_authentication_failures_are_401() {
 
 #[tokio::test]
 async fn rot_1_au_13_two_credentials_per_store_and_no_crossing_between_stores() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let path_a = "/tenant-a/kms/xks/v1/health";
     let path_b = "/tenant-b/kms/xks/v1/health";
@@ -670,6 +687,7 @@ async fn rot_1_au_13_two_credentials_per_store_and_no_crossing_between_stores() 
 
 #[tokio::test]
 async fn au_6_au_7_curl_style_signed_content_type_and_host_with_port() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let mut client = proxy.client();
     client.sign_content_type = true;
@@ -687,6 +705,7 @@ async fn au_6_au_7_curl_style_signed_content_type_and_host_with_port() {
 
 #[tokio::test]
 async fn au_4_region_allowlist_per_store() {
+    softhsm::isolate!();
     let proxy = ProxyBuilder {
         store_a_extra: "allowed_regions = [\"eu-west-1\"]".into(),
         ..Default::default()
@@ -718,6 +737,7 @@ async fn au_4_region_allowlist_per_store() {
 
 #[tokio::test]
 async fn tr_12_e_17_sizes_above_our_limits_are_unsupported() {
+    softhsm::isolate!();
     let limits =
         "max_body_bytes = 65536\nmax_plaintext_bytes = 4300\nmax_aad_bytes = 8192".to_owned();
     let proxy = ProxyBuilder {
@@ -751,6 +771,7 @@ async fn tr_12_e_17_sizes_above_our_limits_are_unsupported() {
 
 #[tokio::test]
 async fn mth_4_content_type_must_be_json() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let path = "/tenant-a/kms/xks/v1/health";
@@ -776,6 +797,7 @@ async fn mth_4_content_type_must_be_json() {
 
 #[tokio::test]
 async fn uri_3_disabled_stores_and_key_allowlists() {
+    softhsm::isolate!();
     let extra = "[[key_stores]]\nname = \"off\"\npath_prefix = \"/off\"\nenabled = false\n[[key_stores.credentials]]\naccess_key_id = \"DDDDDDDDDDDDDDDDDDDDDDDD\"\nsecret = \"ZGlzYWJsZWQtc3RvcmUtc2VjcmV0LXZhbHVlLWxvbmctZW5vdWdo\"\n";
     let allowed = ed_key();
     let other = ed_key();
@@ -820,6 +842,7 @@ async fn uri_3_disabled_stores_and_key_allowlists() {
 
 #[tokio::test]
 async fn uri_2_uri_6_longest_prefix_and_key_id_are_served() {
+    softhsm::isolate!();
     let prefix = format!("/{}", "p".repeat(116));
     let extra = format!(
         "[[key_stores]]\npath_prefix = \"{prefix}\"\n[[key_stores.credentials]]\naccess_key_id = \"EEEEEEEEEEEEEEEEEEEEEEEEEEEEEE\"\nsecret = \"{}\"\n",
@@ -846,6 +869,7 @@ async fn uri_2_uri_6_longest_prefix_and_key_id_are_served() {
 
 #[tokio::test]
 async fn tr_1_plaintext_mode_only_when_configured() {
+    softhsm::isolate!();
     let proxy = ProxyBuilder {
         plaintext: true,
         ..Default::default()
@@ -861,6 +885,7 @@ async fn tr_1_plaintext_mode_only_when_configured() {
 
 #[tokio::test]
 async fn tr_12_a_body_that_never_arrives_is_answered_not_waited_for() {
+    softhsm::isolate!();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let proxy = ProxyBuilder {
         plaintext: true,
@@ -899,6 +924,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// in-flight back to zero; credentials per store; member health from the deep check.
 #[tokio::test]
 async fn metrics_count_requests_auth_failures_and_health() {
+    softhsm::isolate!();
     let proxy = Proxy::start().await;
     let client = proxy.client();
     let key = ed_key();
@@ -998,6 +1024,7 @@ async fn metrics_count_requests_auth_failures_and_health() {
 
 #[tokio::test]
 async fn uri_3_a_key_store_quota_answers_throttling_when_exhausted() {
+    softhsm::isolate!();
     let proxy = ProxyBuilder {
         store_a_extra: "[key_stores.rate_limit]\nrequests_per_second = 1\nburst = 2".into(),
         ..Default::default()

@@ -180,7 +180,7 @@ fn key_hygiene_keys_list_marks_refused_keys() {
         run(&["keys", "create", "--config", config, "--label", &good])
     });
     assert!(out.status.success(), "{}", stderr(&out));
-    softhsm::plant_public_key(&squat);
+    softhsm::plant_public_key(&squat, &[0x42; 32]);
     softhsm::pkcs11_tool_extractable_key(&loose);
 
     let out = run(&["keys", "list", "--config", config]);

@@ -100,6 +100,7 @@ fn curl(
 
 #[test]
 fn au_6_tr_2_tr_3_curl_round_trip_over_http2_and_http1_then_clean_shutdown() {
+    softhsm::isolate!();
     let key = softhsm::create_key("curl", &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("curl CA");
@@ -160,6 +161,7 @@ struct Expected {
 /// in the output (LOG-2, LOG-8, E-2, D-9).
 #[test]
 fn log_1_to_log_8_one_audit_line_per_request_and_no_canary_at_trace_level() {
+    softhsm::isolate!();
     let key = softhsm::create_key("audit", &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("audit CA");

@@ -121,6 +121,7 @@ fn within_deadline(elapsed: Duration) {
 
 #[tokio::test]
 async fn deadline_a_hung_hsm_call_is_dependency_timeout_and_spares_free_sessions() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     hsm.set("hang C_Encrypt\n");
@@ -144,6 +145,7 @@ async fn deadline_a_hung_hsm_call_is_dependency_timeout_and_spares_free_sessions
 
 #[tokio::test]
 async fn back_pressure_a_full_queue_is_throttling_at_once() {
+    softhsm::isolate!();
     let hsm = Faulty::start(1, 0);
     hsm.encrypt().await.assert_ok();
     hsm.set("hang C_Encrypt\n");
@@ -166,6 +168,7 @@ async fn back_pressure_a_full_queue_is_throttling_at_once() {
 
 #[tokio::test]
 async fn recovery_session_and_login_failures_are_retried_invisibly() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     for rv in [
         "CKR_SESSION_HANDLE_INVALID",
@@ -195,6 +198,7 @@ async fn recovery_session_and_login_failures_are_retried_invisibly() {
 /// (500, not a 503 at the deadline).
 #[tokio::test]
 async fn recovery_a_worker_in_reopen_backoff_leaves_requests_to_live_sessions() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     // One worker loses its session, and cannot open a new one (a request-class refusal, so
@@ -231,6 +235,7 @@ async fn recovery_a_worker_in_reopen_backoff_leaves_requests_to_live_sessions() 
 
 #[tokio::test]
 async fn recovery_a_removed_token_fails_fast_then_heals_without_a_restart() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     hsm.set("token-removed\n");
@@ -264,6 +269,7 @@ async fn recovery_a_removed_token_fails_fast_then_heals_without_a_restart() {
 
 #[tokio::test]
 async fn recovery_device_errors_rebuild_the_context_in_the_background() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     for rv in [
@@ -283,6 +289,7 @@ async fn recovery_device_errors_rebuild_the_context_in_the_background() {
 
 #[tokio::test]
 async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     let enc = hsm.encrypt().await.assert_ok();
     let dec = bodies::decrypt_from(&enc, None).to_string();
@@ -320,6 +327,7 @@ async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
 
 #[tokio::test]
 async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.set("hang C_Encrypt\n");
     hsm.encrypt()
@@ -340,6 +348,7 @@ async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
 /// without that attribute, and the command says so.
 #[tokio::test]
 async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attribute() {
+    softhsm::isolate!();
     let hsm = Faulty::start(1, 4);
     hsm.set("fail C_GenerateKey CKR_ATTRIBUTE_TYPE_INVALID once\n");
     let label = softhsm::unique_label("unlockable");
@@ -376,9 +385,10 @@ async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attrib
 /// why at warn with the label, once per lookup.
 #[tokio::test]
 async fn key_hygiene_refused_keys_are_key_not_found_over_http() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     let squatted = softhsm::unique_label("squatted");
-    softhsm::plant_public_key(&squatted);
+    softhsm::plant_public_key(&squatted, &[0x42; 32]);
     let extractable = softhsm::unique_label("extractable");
     softhsm::pkcs11_tool_extractable_key(&extractable);
     for label in [&squatted, &extractable] {
@@ -436,6 +446,7 @@ fn rebuilds(lines: &[String]) -> Vec<&String> {
 /// every session (and every fleet member on it) shares.
 #[tokio::test]
 async fn recovery_one_unknown_return_code_replaces_its_session_only() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     hsm.set("fail C_Encrypt 0x80000001 once\n");
@@ -461,6 +472,7 @@ async fn recovery_one_unknown_return_code_replaces_its_session_only() {
 /// rebuilt like after CKR_DEVICE_ERROR, and the proxy heals once the code stops.
 #[tokio::test]
 async fn recovery_a_repeating_unknown_return_code_rebuilds_the_context() {
+    softhsm::isolate!();
     let hsm = Faulty::start(2, 16);
     hsm.encrypt().await.assert_ok();
     hsm.set("fail C_Encrypt 0x80000001 always\n");

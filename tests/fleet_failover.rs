@@ -39,7 +39,7 @@ struct Fleet {
 impl Fleet {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let conf = softhsm::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
+        let conf = support::isolation::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
         let ca = Ca::new("failover CA");
         let (chain, tls_key) = ca.server().write(dir.path(), &ca, "server");
         let control = dir.path().join("faults");

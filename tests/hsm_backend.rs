@@ -1,14 +1,13 @@
 //! Integration tests of the PKCS#11 backend against a real SoftHSM2 token (no mocks).
 //!
 //! Each test names the checklist ids it covers. Every test runs in its own child process with
-//! its own token (see `common/softhsm.rs`); key labels are still unique per test.
+//! its own token (`softhsm::isolate!`, see `support/softhsm.rs`); key labels are still unique
+//! per test.
 
 // Panics are how tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[macro_use]
-#[path = "common/softhsm.rs"]
-mod softhsm;
+mod support;
 
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -17,13 +16,39 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use softhsm::{HEALTH_KEY, backend, deadline, key_id, raw_session};
+use std::sync::OnceLock;
+
+use support::softhsm::{self, HEALTH_KEY, deadline, key_id};
 use xks_proxy::hsm::pkcs11::Pkcs11Backend;
 use xks_proxy::hsm::{
     DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, KeyBackend, KeySpec, KeyStatus,
     KeyUsage, MemberStatus, Pkcs11Call, Pkcs11Code, Tier,
 };
 use zeroize::Zeroizing;
+
+/// Declares a test whose body runs against a fresh token in a child process of its own, on a
+/// runtime with two workers.
+macro_rules! hsm_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            softhsm::isolate!();
+            $body
+        }
+    };
+}
+
+/// The process's shared backend: two sessions, a roomy queue.
+fn backend() -> &'static Pkcs11Backend {
+    static BACKEND: OnceLock<Pkcs11Backend> = OnceLock::new();
+    BACKEND.get_or_init(|| Pkcs11Backend::open(&softhsm::hsm_settings(2, 64)).unwrap())
+}
+
+/// A logged-in R/W session of the test's own, beside the shared backend.
+fn raw_session() -> Session {
+    softhsm::raw_session(backend())
+}
 
 const ENCRYPT_DECRYPT: &[KeyUsage] = &[KeyUsage::Encrypt, KeyUsage::Decrypt];
 
@@ -558,7 +583,7 @@ hsm_test! {
     /// whose deadline passes is Timeout (and the worker later drops it unexecuted).
     async fn full_queue_is_busy_and_queued_jobs_time_out() {
         const LONG: usize = 32 << 20;
-        let small = Pkcs11Backend::open(&softhsm::settings(1, 1)).unwrap();
+        let small = Pkcs11Backend::open(&softhsm::hsm_settings(1, 1)).unwrap();
         small.create_key(&key_id("busy-key"), ENCRYPT_DECRYPT).unwrap();
         let request = |len: usize| EncryptRequest {
             plaintext: Zeroizing::new(vec![0x5a; len]),
@@ -692,12 +717,12 @@ hsm_test! {
     /// Token selection by label or serial, never slot index; clear errors; a failed open
     /// finalises the module so that the next open works, and so does dropping a backend.
     async fn open_selects_the_token_and_fails_clearly() {
-        let mut settings = softhsm::settings(1, 4);
+        let mut settings = softhsm::hsm_settings(1, 4);
         settings.token = xks_proxy::config::TokenSelector::Label("no-such-token".into());
         let err = Pkcs11Backend::open(&settings).err().unwrap();
         assert!(matches!(&err, HsmError::Unavailable(m) if m.contains("no initialised token")));
 
-        let mut settings = softhsm::settings(1, 4);
+        let mut settings = softhsm::hsm_settings(1, 4);
         settings.user_pin = secrecy::SecretString::from("wrong-pin");
         match Pkcs11Backend::open(&settings).err().unwrap() {
             HsmError::Pkcs11(failure) => {
@@ -715,10 +740,10 @@ hsm_test! {
             other => panic!("{other:?}"),
         }
 
-        let by_label = Pkcs11Backend::open(&softhsm::settings(1, 4)).unwrap();
+        let by_label = Pkcs11Backend::open(&softhsm::hsm_settings(1, 4)).unwrap();
         let serial = by_label.token_identity().serial;
         drop(by_label);
-        let mut settings = softhsm::settings(1, 4);
+        let mut settings = softhsm::hsm_settings(1, 4);
         settings.token = xks_proxy::config::TokenSelector::Serial(format!("  {serial} "));
         let by_serial = Pkcs11Backend::open(&settings).unwrap();
         assert_eq!(by_serial.token_identity().serial, serial);
@@ -740,7 +765,7 @@ hsm_test! {
     async fn pkcs11_calls_are_timed_by_function_and_sessions_counted() {
         const LONG: usize = 32 << 20;
         let metrics = std::sync::Arc::new(xks_proxy::metrics::Metrics::new());
-        let hsm = Pkcs11Backend::open_with_metrics(&softhsm::settings(1, 4), metrics.clone()).unwrap();
+        let hsm = Pkcs11Backend::open_with_metrics(&softhsm::hsm_settings(1, 4), metrics.clone()).unwrap();
         let text = metrics.render();
         assert_eq!(sample(&text, r#"xks_hsm_sessions{state="idle"}"#), Some(1.0), "{text}");
         assert_eq!(sample(&text, r#"xks_hsm_sessions{state="in_use"}"#), Some(0.0), "{text}");

@@ -34,7 +34,6 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "fleet-user-pin";
 const HEALTH_KEY: &str = "fleet-health-check";
 const KEY: &str = "fleet-key";
-const CHILD: &str = "XKS_FLEET_CHILD_TEST";
 const CONFIG: &str = "XKS_FLEET_CONFIG";
 
 /// Parent: two tokens, a fleet config and an imported key, then `body` in a child process.
@@ -57,13 +56,13 @@ enum Module {
 
 /// [`isolated`] on the given module.
 fn isolated_on(test: &str, module: Module, body: impl FnOnce(&Path)) {
-    if std::env::var(CHILD).as_deref() == Ok(test) {
+    if support::isolation::is_child(test) {
         let config = std::env::var(CONFIG).unwrap();
         body(Path::new(&config));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let conf = support::softhsm::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
+    let conf = support::isolation::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
     let control = dir.path().join("faults");
     std::fs::write(&control, "").unwrap();
     let (module_path, pool) = match module {
@@ -121,25 +120,14 @@ secret = "GfHQzWbmSw4uRGZqKo5nhQKE+ILlcOt7VEqNdWCtuLY="
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already has a key"));
 
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SOFTHSM2_CONF", &conf)
-        .env("XKS_FAULT_REAL_MODULE", MODULE)
-        .env("XKS_FAULT_CONTROL", &control)
-        .env(CONFIG, &config)
-        .env(CHILD, test)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(
-        output.status.success(),
-        "{test} failed in its child process"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child ran no test named {test}"
+    support::isolation::run_child(
+        test,
+        [
+            ("SOFTHSM2_CONF", conf.as_os_str()),
+            ("XKS_FAULT_REAL_MODULE", std::ffi::OsStr::new(MODULE)),
+            ("XKS_FAULT_CONTROL", control.as_os_str()),
+            (CONFIG, config.as_os_str()),
+        ],
     );
 }
 

@@ -225,6 +225,7 @@ fn promtool_check(exposition: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn prometheus_scrapes_request_counter_and_latency_histograms() {
+    softhsm::isolate!();
     if !prometheus_available() {
         return;
     }

@@ -1,11 +1,21 @@
 //! Shared harness of the integration tests: a real SoftHSM2 token, a real server on
 //! 127.0.0.1:0 with real TLS, and a real HTTP client that signs with SigV4.
-#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
+//!
+//! A test that starts an in-process [`Proxy`] on the SoftHSM2 backend opens PKCS#11 itself, so
+//! it starts with `softhsm::isolate!()` (see [`softhsm`]).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    unused_imports,
+    unused_macros
+)]
 
 pub mod binary;
 pub mod bodies;
 pub mod client;
 pub mod faults;
+pub mod isolation;
 pub mod pki;
 pub mod sigv4;
 pub mod softhsm;
@@ -82,7 +92,6 @@ impl Default for ProxyBuilder {
 
 impl ProxyBuilder {
     pub async fn start(self) -> Proxy {
-        let token = softhsm::token();
         let dir = tempfile::tempdir().unwrap();
         let ca = self.ca.unwrap_or_else(|| Arc::new(Ca::new("xks test CA")));
         let (chain, key) = ca.server().write(dir.path(), &ca, "server");
@@ -146,7 +155,7 @@ secret = "{SECRET_B}"
         };
         let backend = self
             .backend
-            .unwrap_or_else(|| Arc::clone(&token.backend) as Arc<dyn KeyBackend>);
+            .unwrap_or_else(|| Arc::clone(softhsm::token().backend()) as Arc<dyn KeyBackend>);
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState::new(&settings, backend, Arc::clone(&metrics)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

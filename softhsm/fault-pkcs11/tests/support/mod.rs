@@ -3,8 +3,10 @@
 //!
 //! A PKCS#11 module is initialised once per process and reads `SOFTHSM2_CONF`,
 //! `XKS_FAULT_CONTROL` and `XKS_FAULT_REAL_MODULE` once, so [`isolated`] re-runs the test
-//! binary filtered to one test with those variables set (the pattern of the proxy's
-//! `tests/common/softhsm.rs`). That works the same under `cargo test` and `cargo nextest`.
+//! binary filtered to one test with those variables set, through the proxy's own
+//! `tests/support/isolation.rs` (included here, so both crates share one copy of the
+//! re-exec and the token directory). That works the same under `cargo test` and
+//! `cargo nextest`.
 //!
 //! The module under test is the `cdylib` that Cargo builds together with the `rlib` this test
 //! binary links: `target/<profile>/deps/libxks_fault_pkcs11.so`, next to the test binary
@@ -15,8 +17,11 @@
 // Not every test binary uses every helper.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../../../../tests/support/isolation.rs"]
+mod isolation;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -35,9 +40,6 @@ pub(crate) const TOKEN_LABEL: &str = "fault-test";
 pub(crate) const OTHER_LABEL: &str = "fault-other";
 /// Its CKU_USER PIN.
 pub(crate) const USER_PIN: &str = "fault-user-pin";
-const SO_PIN: &str = "fault-so-pin";
-/// Names the test a child process must run; absent in the parent.
-const CHILD_MARKER: &str = "XKS_FAULT_TEST_CHILD";
 /// Overrides the path of the module under test.
 const MODULE_OVERRIDE: &str = "XKS_FAULT_TEST_MODULE";
 
@@ -55,33 +57,21 @@ macro_rules! fault_test {
 /// In the parent: makes a token and an empty control file, runs `test` in a child process,
 /// forwards its output and returns its stderr. In the child: runs `body`, returns `None`.
 pub(crate) fn isolated(test: &str, body: impl FnOnce()) -> Option<String> {
-    if std::env::var(CHILD_MARKER).as_deref() == Ok(test) {
+    if isolation::is_child(test) {
         body();
         return None;
     }
     let dir = tempfile::tempdir().expect("create a temp dir");
-    let conf = write_conf(dir.path());
-    init_token(&conf, TOKEN_LABEL);
-    init_token(&conf, OTHER_LABEL);
+    let conf = isolation::token_dir(dir.path(), &[TOKEN_LABEL, OTHER_LABEL], USER_PIN);
     let control = dir.path().join("faults");
     std::fs::write(&control, "").expect("create an empty control file");
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let output = Command::new(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SOFTHSM2_CONF", &conf)
-        .env(CONTROL_ENV, &control)
-        .env(REAL_MODULE_ENV, DEFAULT_REAL_MODULE)
-        .env(CHILD_MARKER, test)
-        .output()
-        .expect("run the test in a child process");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    print!("{stdout}");
-    eprint!("{stderr}");
-    assert!(output.status.success(), "test {test} failed in its child");
-    assert!(
-        stdout.contains("1 passed"),
-        "the child process ran no test named {test}"
+    let stderr = isolation::run_child(
+        test,
+        [
+            ("SOFTHSM2_CONF", conf.as_os_str()),
+            (CONTROL_ENV, control.as_os_str()),
+            (REAL_MODULE_ENV, OsStr::new(DEFAULT_REAL_MODULE)),
+        ],
     );
     Some(stderr)
 }
@@ -217,30 +207,4 @@ pub(crate) fn rv<T: std::fmt::Debug>(result: Result<T, Error>) -> RvError {
         Err(Error::Pkcs11(rv, _)) => rv,
         other => panic!("expected a PKCS#11 error, got {other:?}"),
     }
-}
-
-fn write_conf(dir: &Path) -> PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).expect("create the token dir");
-    let conf = dir.join("softhsm2.conf");
-    let text = format!(
-        "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-        tokens.display()
-    );
-    std::fs::write(&conf, text).expect("write softhsm2.conf");
-    conf
-}
-
-fn init_token(conf: &Path, label: &str) {
-    let output = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label])
-        .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
-        .env("SOFTHSM2_CONF", conf)
-        .output()
-        .expect("softhsm2-util must be installed (apt-get install softhsm2)");
-    assert!(
-        output.status.success(),
-        "softhsm2-util --init-token failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
