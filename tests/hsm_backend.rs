@@ -822,3 +822,83 @@ hsm_test! {
         }
     }
 }
+
+/// The GCM specification's AES-256 key (McGrew & Viega, "The Galois/Counter Mode of
+/// Operation", Appendix B, test cases 13-18; also NIST SP 800-38D's examples).
+const GCM_SPEC_KEY: &str = "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+const GCM_SPEC_IV: &str = "cafebabefacedbaddecaf888";
+const GCM_SPEC_PLAINTEXT: &str = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                                  1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
+const GCM_SPEC_CIPHERTEXT: &str = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                                   8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad";
+
+/// Puts an AES-256 key of known value on the token, private, sensitive and not extractable
+/// like every key the proxy serves.
+fn known_aes_key(label: &str, value: &[u8]) {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Value(value.to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    raw_session().create_object(&template).unwrap();
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    hex::decode(text).unwrap()
+}
+
+hsm_test! {
+    /// AES-256-GCM known answers through the real HSM path (issue 8): test cases 15 (64 bytes,
+    /// no AAD) and 16 (60 bytes, 20-byte AAD) of the GCM specification decrypt to their
+    /// plaintexts; a changed tag or AAD does not authenticate.
+    async fn gcm_spec_known_answers_decrypt_through_the_hsm() {
+        known_aes_key("kat-key", &unhex(GCM_SPEC_KEY));
+        let iv = unhex(GCM_SPEC_IV);
+        let (plaintext, ciphertext) = (unhex(GCM_SPEC_PLAINTEXT), unhex(GCM_SPEC_CIPHERTEXT));
+        let tag15: [u8; 16] = unhex("b094dac5d93471bdec1a502270e3cc6c").try_into().unwrap();
+        let opened = decrypt_parts("kat-key", &ciphertext, &iv, tag15, b"").await.unwrap();
+        assert_eq!(opened, plaintext);
+
+        let aad16 = unhex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let tag16: [u8; 16] = unhex("76fc6ece0f4e1768cddf8853bb2d551b").try_into().unwrap();
+        let opened = decrypt_parts("kat-key", &ciphertext[..60], &iv, tag16, &aad16).await.unwrap();
+        assert_eq!(opened, &plaintext[..60]);
+
+        let mut wrong_tag = tag16;
+        wrong_tag[0] ^= 1;
+        for (tag, aad) in [(wrong_tag, &aad16[..]), (tag16, &aad16[1..])] {
+            let refused = decrypt_parts("kat-key", &ciphertext[..60], &iv, tag, aad).await;
+            assert_eq!(refused.err(), Some(HsmError::InvalidCiphertext));
+        }
+    }
+}
+
+hsm_test! {
+    /// The HSM's own encryption checked by an independent implementation (`ring`): what the
+    /// proxy seals under a known key, with its own random IV, opens elsewhere to the plaintext.
+    async fn hsm_ciphertexts_open_with_an_independent_aes_gcm() {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        known_aes_key("kat-cross-key", &unhex(GCM_SPEC_KEY));
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &unhex(GCM_SPEC_KEY)).unwrap());
+        for len in [1, 16, 4300] {
+            let plaintext = random_bytes(len);
+            let sealed = encrypt("kat-cross-key", &plaintext, b"aad framed by the caller").await.unwrap();
+            let mut in_out = [sealed.ciphertext.clone(), sealed.tag.to_vec()].concat();
+            let opened = key
+                .open_in_place(
+                    Nonce::assume_unique_for_key(sealed.iv),
+                    Aad::from(b"aad framed by the caller"),
+                    &mut in_out,
+                )
+                .unwrap();
+            assert_eq!(opened, plaintext.as_slice(), "{len} bytes");
+        }
+    }
+}
