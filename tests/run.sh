@@ -22,6 +22,8 @@ export XKS_REQUIRE_PROMETHEUS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# The fault-injecting PKCS#11 module the fault tests load (a cdylib: no CARGO_BIN_EXE_ for it).
+cargo build -p xks-fault-pkcs11 --locked --quiet
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     cargo test --workspace --doc --locked

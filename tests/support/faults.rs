@@ -1,13 +1,13 @@
 //! Driving the fault-injecting PKCS#11 module (`softhsm/fault-pkcs11`) from tests.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::binary::BIN;
 
-/// The built fault module, next to the proxy binary (built on demand).
+/// The fault module, next to the proxy binary. The test command builds it
+/// (`cargo build -p xks-fault-pkcs11` in `tests/run.sh`); a test never runs cargo itself.
 pub fn module() -> &'static Path {
     static MODULE: OnceLock<PathBuf> = OnceLock::new();
     MODULE.get_or_init(|| {
@@ -15,15 +15,11 @@ pub fn module() -> &'static Path {
             .parent()
             .unwrap()
             .join("libxks_fault_pkcs11.so");
-        if !module.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "xks-fault-pkcs11"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "cannot build the fault module");
-        }
-        assert!(module.exists(), "{} missing", module.display());
+        assert!(
+            module.exists(),
+            "{} missing: run `cargo build -p xks-fault-pkcs11` first (tests/run.sh does)",
+            module.display()
+        );
         module
     })
 }
