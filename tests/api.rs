@@ -146,10 +146,7 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
     let key = ed_key();
     for client in [proxy.client(), proxy.client().http2()] {
         let reply = client
-            .post(
-                &key_path("/tenant-a", &key, "encrypt"),
-                &bodies::encrypt(b"Hello World!", Some(AAD), false),
-            )
+            .encrypt("/tenant-a", &key, b"Hello World!", Some(AAD), false)
             .await;
         let enc = reply.assert_ok();
         assert!(reply.text().contains("\"ciphertext\":"));
@@ -161,12 +158,7 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
         assert_ne!(unb64(&enc["ciphertext"]), b"Hello World!");
 
         let dec = bodies::decrypt_from(&enc, Some(AAD));
-        let reply = client
-            .post(
-                &key_path("/tenant-a", &key, "decrypt"),
-                dec.to_string().as_bytes(),
-            )
-            .await;
+        let reply = client.decrypt("/tenant-a", &key, &dec).await;
         assert_eq!(unb64(&reply.assert_ok()["plaintext"]), b"Hello World!");
     }
 }
@@ -180,10 +172,7 @@ async fn e_11_every_encryption_gets_a_fresh_iv() {
     let mut ivs = std::collections::HashSet::new();
     for _ in 0..20 {
         let enc = client
-            .post(
-                &key_path("/tenant-a", &key, "encrypt"),
-                &bodies::encrypt(b"same", None, false),
-            )
+            .encrypt("/tenant-a", &key, b"same", None, false)
             .await
             .assert_ok();
         assert!(ivs.insert(unb64(&enc["initializationVector"])), "IV reused");
@@ -214,12 +203,7 @@ async fn e_16_tr_11_tr_12_largest_spec_inputs_round_trip() {
     assert_eq!(unb64(&enc["ciphertext"]).len(), 4300);
     let mut dec = bodies::decrypt_from(&enc, Some(&aad));
     dec["requestMetadata"]["awsPrincipalArn"] = json!(long_arn);
-    let reply = client
-        .post(
-            &key_path("/tenant-a", &key, "decrypt"),
-            dec.to_string().as_bytes(),
-        )
-        .await;
+    let reply = client.decrypt("/tenant-a", &key, &dec).await;
     assert_eq!(unb64(&reply.assert_ok()["plaintext"]), plaintext);
 }
 
@@ -231,10 +215,7 @@ async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
     let client = proxy.client();
     for aad in [Some(AAD), None] {
         let reply = client
-            .post(
-                &key_path("/tenant-a", &key, "encrypt"),
-                &bodies::encrypt(b"Hello World!", aad, true),
-            )
+            .encrypt("/tenant-a", &key, b"Hello World!", aad, true)
             .await;
         let enc = reply.assert_ok();
         assert!(reply.text().contains("\"ciphertextDataIntegrityValue\":"));
@@ -261,59 +242,38 @@ async fn cdiv_8_d_11_e_key_usage_is_enforced_by_the_hsm() {
     let both = ed_key();
 
     let enc = client
-        .post(
-            &key_path("/tenant-a", &encrypt_only, "encrypt"),
-            &bodies::encrypt(b"x", None, false),
-        )
+        .encrypt("/tenant-a", &encrypt_only, b"x", None, false)
         .await
         .assert_ok();
     // D-11: decrypt with an encrypt-only key.
     let dec = bodies::decrypt_from(&enc, None);
     client
-        .post(
-            &key_path("/tenant-a", &encrypt_only, "decrypt"),
-            dec.to_string().as_bytes(),
-        )
+        .decrypt("/tenant-a", &encrypt_only, &dec)
         .await
         .assert_error(400, "InvalidKeyUsageException");
     // CDIV-8: the verification decrypt is not permitted on an encrypt-only key.
     client
-        .post(
-            &key_path("/tenant-a", &encrypt_only, "encrypt"),
-            &bodies::encrypt(b"x", None, true),
-        )
+        .encrypt("/tenant-a", &encrypt_only, b"x", None, true)
         .await
         .assert_error(400, "InvalidKeyUsageException");
     for key in [&decrypt_only, &neither] {
         client
-            .post(
-                &key_path("/tenant-a", key, "encrypt"),
-                &bodies::encrypt(b"x", None, false),
-            )
+            .encrypt("/tenant-a", key, b"x", None, false)
             .await
             .assert_error(400, "InvalidKeyUsageException");
     }
     // A ciphertext of another key decrypts with a decrypt-only key only if it is that key's.
     let enc = client
-        .post(
-            &key_path("/tenant-a", &both, "encrypt"),
-            &bodies::encrypt(b"x", None, false),
-        )
+        .encrypt("/tenant-a", &both, b"x", None, false)
         .await
         .assert_ok();
     let dec = bodies::decrypt_from(&enc, None);
     client
-        .post(
-            &key_path("/tenant-a", &neither, "decrypt"),
-            dec.to_string().as_bytes(),
-        )
+        .decrypt("/tenant-a", &neither, &dec)
         .await
         .assert_error(400, "InvalidKeyUsageException");
     client
-        .post(
-            &key_path("/tenant-a", &decrypt_only, "decrypt"),
-            dec.to_string().as_bytes(),
-        )
+        .decrypt("/tenant-a", &decrypt_only, &dec)
         .await
         .assert_error(400, "InvalidCiphertextException");
 }
@@ -326,10 +286,7 @@ async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "decrypt");
     let enc = client
-        .post(
-            &key_path("/tenant-a", &key, "encrypt"),
-            &bodies::encrypt(b"Hello World!", Some(AAD), false),
-        )
+        .encrypt("/tenant-a", &key, b"Hello World!", Some(AAD), false)
         .await
         .assert_ok();
 
@@ -352,10 +309,7 @@ async fn d_3_d_10_aad_3_any_tampering_is_invalid_ciphertext() {
     }
     // AAD-3: the AAD moved into the metadata slot must not authenticate.
     let enc2 = client
-        .post(
-            &key_path("/tenant-a", &key, "encrypt"),
-            &bodies::encrypt(b"x", Some(b"m"), false),
-        )
+        .encrypt("/tenant-a", &key, b"x", Some(b"m"), false)
         .await
         .assert_ok();
     let mut swapped = bodies::decrypt_from(&enc2, None);
@@ -387,10 +341,7 @@ async fn d_2_d_6_d_7_malformed_iv_tag_and_metadata_are_rejected_before_the_hsm()
     let client = proxy.client();
     let path = key_path("/tenant-a", &key, "decrypt");
     let enc = client
-        .post(
-            &key_path("/tenant-a", &key, "encrypt"),
-            &bodies::encrypt(b"abc", None, false),
-        )
+        .encrypt("/tenant-a", &key, b"abc", None, false)
         .await
         .assert_ok();
     let with = |field: &str, value: serde_json::Value| {
@@ -474,13 +425,7 @@ async fn e_3_e_5_e_18_encrypt_input_validation() {
         .await
         .assert_ok();
     let dec = bodies::decrypt_from(&enc, None);
-    client
-        .post(
-            &key_path("/tenant-a", &key, "decrypt"),
-            dec.to_string().as_bytes(),
-        )
-        .await
-        .assert_ok();
+    client.decrypt("/tenant-a", &key, &dec).await.assert_ok();
 }
 
 #[tokio::test]
@@ -496,18 +441,12 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
         .await
         .assert_error(404, "KeyNotFoundException");
     client
-        .post(
-            &key_path("/tenant-a", "no-such-key", "encrypt"),
-            &bodies::encrypt(b"x", None, false),
-        )
+        .encrypt("/tenant-a", "no-such-key", b"x", None, false)
         .await
         .assert_error(404, "KeyNotFoundException");
     // The health-check key is never a customer key (H-3).
     client
-        .post(
-            &key_path("/tenant-a", softhsm::HEALTH_KEY, "encrypt"),
-            &bodies::encrypt(b"x", None, false),
-        )
+        .encrypt("/tenant-a", softhsm::HEALTH_KEY, b"x", None, false)
         .await
         .assert_error(404, "KeyNotFoundException");
 
@@ -534,10 +473,7 @@ async fn uri_8_k_2_unknown_ambiguous_and_hidden_keys() {
         .assert_ok();
     assert_eq!(body["keySpec"], "AES_128");
     client
-        .post(
-            &key_path("/tenant-a", &small, "encrypt"),
-            &bodies::encrypt(b"x", None, false),
-        )
+        .encrypt("/tenant-a", &small, b"x", None, false)
         .await
         .assert_error(400, "InvalidKeyUsageException");
 }

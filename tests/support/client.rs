@@ -143,6 +143,28 @@ impl Client {
             .await
     }
 
+    /// An Encrypt of `plaintext` (with `aad`, asking for CDIV if `cdiv`) for `key` of the key
+    /// store at `prefix` (e.g. `/tenant-a`).
+    pub async fn encrypt(
+        &self,
+        prefix: &str,
+        key: &str,
+        plaintext: &[u8],
+        aad: Option<&[u8]>,
+        cdiv: bool,
+    ) -> Reply {
+        let path = format!("{prefix}/kms/xks/v1/keys/{key}/encrypt");
+        self.post(&path, &super::bodies::encrypt(plaintext, aad, cdiv))
+            .await
+    }
+
+    /// A Decrypt of `body` (e.g. from [`super::bodies::decrypt_from`]) for `key` of the key
+    /// store at `prefix`.
+    pub async fn decrypt(&self, prefix: &str, key: &str, body: &serde_json::Value) -> Reply {
+        let path = format!("{prefix}/kms/xks/v1/keys/{key}/decrypt");
+        self.post(&path, body.to_string().as_bytes()).await
+    }
+
     /// Sends one request on a new connection, signing it when a signer is set.
     pub async fn send(
         &self,
