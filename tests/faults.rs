@@ -9,12 +9,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::binary::Server;
 use support::bodies::{self, unb64};
-use support::{AKID_A1, Ca, Client, SECRET_A1, Signer, softhsm};
+use support::faults::FaultySetup;
+use support::{Client, softhsm};
 use xks_proxy::hsm::KeyUsage;
 
 /// The request budget the proxies here run with.
@@ -23,62 +23,34 @@ const TIMEOUT_MS: u64 = 200;
 /// A proxy whose HSM is the fault module; `set` changes the faults while it runs.
 struct Faulty {
     server: Server,
-    control: PathBuf,
-    config: PathBuf,
-    ca: Ca,
+    setup: FaultySetup,
     key: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Faulty {
     fn start(sessions: usize, queue_depth: usize) -> Self {
         let key = softhsm::create_key("fault", &[KeyUsage::Encrypt, KeyUsage::Decrypt]);
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("fault CA");
-        let (chain, tls_key) = ca.server().write(dir.path(), &ca, "server");
-        let control = dir.path().join("faults");
-        std::fs::write(&control, "").unwrap();
-        let config = dir.path().join("xks-proxy.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = {TIMEOUT_MS}\nshutdown_grace_ms = 1000\n\
-                 [server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {tls_key:?}\n\
-                 [hsm]\nmodule = {module:?}\ntoken_label = \"{label}\"\nuser_pin = \"{pin}\"\n\
-                 sessions = {sessions}\nqueue_depth = {queue_depth}\n\
-                 [health]\ncache_ttl_seconds = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [[key_stores]]\npath_prefix = \"/t\"\n[[key_stores.credentials]]\n\
-                 access_key_id = \"{AKID_A1}\"\nsecret = \"{SECRET_A1}\"\n",
-                module = support::faults::module(),
-                label = softhsm::TOKEN_LABEL,
-                pin = softhsm::USER_PIN,
+        let setup = FaultySetup::write(
+            "fault CA",
+            &format!("request_timeout_ms = {TIMEOUT_MS}\nshutdown_grace_ms = 1000"),
+            &format!(
+                "[hsm]\nmodule = {{module}}\ntoken_label = \"{}\"\nuser_pin = \"{}\"\n\
+                 sessions = {sessions}\nqueue_depth = {queue_depth}",
+                softhsm::TOKEN_LABEL,
+                softhsm::USER_PIN,
             ),
-        )
-        .unwrap();
-        let server = Server::start_with_env(
-            &config,
-            &[
-                ("XKS_FAULT_CONTROL", control.as_path()),
-                ("XKS_FAULT_REAL_MODULE", Path::new(softhsm::MODULE)),
-            ],
         );
-        Self {
-            server,
-            control,
-            config,
-            ca,
-            key,
-            _dir: dir,
-        }
+        let server = Server::start_with_env(&setup.config, &setup.env());
+        Self { server, setup, key }
     }
 
     /// Replaces the fault rules; the module sees the change within a few milliseconds.
     fn set(&self, rules: &str) {
-        support::faults::set_rules(&self.control, rules);
+        self.setup.set(rules);
     }
 
     fn client(&self) -> Client {
-        Client::tls(self.server.addr, &self.ca, None).signer(Some(Signer::new(AKID_A1, SECRET_A1)))
+        self.setup.client(&self.server)
     }
 
     fn path(&self, op: &str) -> String {
@@ -333,7 +305,8 @@ async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
     hsm.encrypt()
         .await
         .assert_error(503, "DependencyTimeoutException");
-    let Faulty { server, _dir, .. } = hsm;
+    // Keep the setup (its directory) while the server stops.
+    let Faulty { server, setup, .. } = hsm;
     let started = Instant::now();
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
@@ -341,6 +314,7 @@ async fn shutdown_a_hung_hsm_call_does_not_keep_the_process_alive() {
         "MEASURE SIGTERM with a hung HSM call -> exit after {:?}",
         started.elapsed()
     );
+    drop(setup);
 }
 
 /// Key hygiene: `keys create` locks keys with `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false`;
@@ -355,11 +329,10 @@ async fn key_hygiene_keys_create_falls_back_when_the_token_rejects_a_lock_attrib
     let out = softhsm::serialised_write(|| {
         std::process::Command::new(support::binary::BIN)
             .args(["keys", "create", "--config"])
-            .arg(&hsm.config)
+            .arg(&hsm.setup.config)
             .args(["--label", &label])
             .env("SOFTHSM2_CONF", &softhsm::token().conf)
-            .env("XKS_FAULT_CONTROL", &hsm.control)
-            .env("XKS_FAULT_REAL_MODULE", softhsm::MODULE)
+            .envs(hsm.setup.env())
             .output()
             .unwrap()
     });

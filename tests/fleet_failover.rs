@@ -11,15 +11,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::Client;
 use support::binary::{BIN, Server};
 use support::bodies;
-use support::{AKID_A1, Ca, Client, SECRET_A1, Signer, softhsm};
+use support::faults::FaultySetup;
 
 const PIN: &str = "failover-user-pin";
 const KEY: &str = "failover-key";
@@ -31,42 +31,27 @@ const FAIL_AFTER: Duration = Duration::from_secs(1);
 /// proxy running on it.
 struct Fleet {
     server: Server,
-    control: PathBuf,
-    ca: Ca,
-    _dir: tempfile::TempDir,
+    setup: FaultySetup,
 }
 
 impl Fleet {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = support::isolation::token_dir(dir.path(), &["fleet-a", "fleet-b"], PIN);
-        let ca = Ca::new("failover CA");
-        let (chain, tls_key) = ca.server().write(dir.path(), &ca, "server");
-        let control = dir.path().join("faults");
-        std::fs::write(&control, "").unwrap();
-        let config = dir.path().join("xks-proxy.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = 2000\n\
-                 [server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {tls_key:?}\n\
-                 [hsm]\nmodule = {module:?}\nuser_pin = \"{PIN}\"\nsessions = 2\n\
+        let setup = FaultySetup::write(
+            "failover CA",
+            "request_timeout_ms = 2000",
+            &format!(
+                "[hsm]\nmodule = {{module}}\nuser_pin = \"{PIN}\"\nsessions = 2\n\
                  [[hsm.members]]\nid = \"a\"\ntoken_label = \"fleet-a\"\n\
-                 [[hsm.members]]\nid = \"b\"\ntoken_label = \"fleet-b\"\n\
-                 [health]\ncache_ttl_seconds = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [[key_stores]]\npath_prefix = \"/t\"\n[[key_stores.credentials]]\n\
-                 access_key_id = \"{AKID_A1}\"\nsecret = \"{SECRET_A1}\"\n",
-                module = support::faults::module(),
+                 [[hsm.members]]\nid = \"b\"\ntoken_label = \"fleet-b\""
             ),
-        )
-        .unwrap();
-        let real = Path::new(softhsm::MODULE);
+        );
+        let conf = support::isolation::token_dir(setup.dir.path(), &["fleet-a", "fleet-b"], PIN);
         let out = Command::new(BIN)
             .args(["keys", "import", "--config"])
-            .arg(&config)
+            .arg(&setup.config)
             .args(["--label", KEY])
             .env("SOFTHSM2_CONF", &conf)
-            .env("XKS_FAULT_REAL_MODULE", real)
+            .envs(setup.env())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -75,29 +60,19 @@ impl Fleet {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let server = Server::start_with_env(
-            &config,
-            &[
-                ("SOFTHSM2_CONF", conf.as_path()),
-                ("XKS_FAULT_CONTROL", control.as_path()),
-                ("XKS_FAULT_REAL_MODULE", real),
-            ],
-        );
-        Self {
-            server,
-            control,
-            ca,
-            _dir: dir,
-        }
+        let mut env = vec![("SOFTHSM2_CONF", conf.as_path())];
+        env.extend(setup.env());
+        let server = Server::start_with_env(&setup.config, &env);
+        Self { server, setup }
     }
 
     /// Replaces the fault rules atomically; the module sees them within a few milliseconds.
     fn set(&self, rules: &str) {
-        support::faults::set_rules(&self.control, rules);
+        self.setup.set(rules);
     }
 
     fn client(&self) -> Client {
-        Client::tls(self.server.addr, &self.ca, None).signer(Some(Signer::new(AKID_A1, SECRET_A1)))
+        self.setup.client(&self.server)
     }
 
     /// GetHealthStatus: the status code and `(id, healthStatus)` of every member.
