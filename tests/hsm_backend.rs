@@ -98,10 +98,19 @@ fn random_bytes(len: usize) -> Vec<u8> {
 /// Generates a token AES key of `len` bytes with the test's own session, bypassing the
 /// backend's admin API (which only makes AES-256 keys and refuses duplicate labels).
 fn raw_aes_key(session: &Session, label: &str, len: u64) -> ObjectHandle {
-    let template = [
+    let template = aes_key_template(label, Attribute::ValueLen(len.into()));
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap()
+}
+
+/// A private, sensitive, non-extractable AES token key for encryption and decryption, with
+/// `size` giving its length (`CKA_VALUE_LEN`) or its value (`CKA_VALUE`).
+fn aes_key_template(label: &str, size: Attribute) -> Vec<Attribute> {
+    vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(len.into()),
+        size,
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
@@ -115,10 +124,7 @@ fn raw_aes_key(session: &Session, label: &str, len: u64) -> ObjectHandle {
         Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    session
-        .generate_key(&Mechanism::AesKeyGen, &template)
-        .unwrap()
+    ]
 }
 
 fn find_raw(session: &Session, label: &str) -> Vec<ObjectHandle> {
@@ -835,18 +841,7 @@ const GCM_SPEC_CIPHERTEXT: &str = "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c
 /// Puts an AES-256 key of known value on the token, private, sensitive and not extractable
 /// like every key the proxy serves.
 fn known_aes_key(label: &str, value: &[u8]) {
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Value(value.to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
+    let template = aes_key_template(label, Attribute::Value(value.to_vec()));
     raw_session().create_object(&template).unwrap();
 }
 
