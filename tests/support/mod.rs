@@ -34,7 +34,7 @@ use xks_proxy::metrics::Metrics;
 use xks_proxy::server::{ServeOptions, serve};
 
 pub use client::{Client, Reply};
-pub use pki::{Ca, Leaf};
+pub use pki::{Ca, Leaf, Pki};
 pub use sigv4::Signer;
 
 /// Two credentials of store `/tenant-a` (rotation, ROT-1) and one of store `/tenant-b`.

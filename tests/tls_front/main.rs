@@ -5,8 +5,10 @@
 // clippy.toml only covers the test functions themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod client;
-mod pki;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod server;
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +18,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use client::{Client, PROMPT, Server, alert_received, connect, http1_gets, http2_get, raw_ping};
-use pki::Pki;
+use server::Server;
+use support::Pki;
+use support::client::{self, PROMPT, alert_received, connect, http1_gets, http2_get, raw_ping};
+// The TLS side of a client is all these tests configure.
+use support::client::TlsClient as Client;
 
 #[tokio::test]
 async fn tr_4_tr_5_tls12_client_gets_a_spec_suite() {
@@ -28,7 +33,7 @@ async fn tr_4_tr_5_tls12_client_gets_a_spec_suite() {
     ];
     for (settings, expected) in cases {
         let config = xks_proxy::tls::server_config(&settings).unwrap();
-        let server = Server::start(Some(config), client::options()).await;
+        let server = Server::start(Some(config), server::options()).await;
         // The client offers all of ring's TLS 1.2 suites, including non-spec ones.
         let tls = connect(server.addr, Client::tls12().config(&pki, None))
             .await
@@ -243,7 +248,7 @@ async fn mt_3_mt_7_item_22_23_rejections_send_handshake_failure() {
     let pki = Pki::new();
     let metrics = std::sync::Arc::new(xks_proxy::metrics::Metrics::new());
     let material = xks_proxy::tls::load(&pki.mtls(), Some(metrics.clone())).unwrap();
-    let server = Server::start(Some(material.config), client::options()).await;
+    let server = Server::start(Some(material.config), server::options()).await;
     let c = &pki.clients;
     let cases = [
         ("wrong CN", &c.wrong_cn),
@@ -290,7 +295,7 @@ async fn mt_8_no_client_certificate_is_refused() {
 
 #[tokio::test]
 async fn plaintext_serves_http11_and_h2c_prior_knowledge() {
-    let server = Server::start(None, client::options()).await;
+    let server = Server::start(None, server::options()).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     assert_eq!(
         http1_gets(tcp, "/ping", 2).await,
@@ -312,7 +317,7 @@ async fn connection_cap_holds_a_second_connection_until_the_first_closes() {
     let pki = Pki::new();
     let options = xks_proxy::server::ServeOptions {
         max_connections: 1,
-        ..client::options()
+        ..server::options()
     };
     let tls = xks_proxy::tls::server_config(&pki.tls()).unwrap();
     let server = Server::start(Some(tls), options).await;
@@ -339,7 +344,7 @@ async fn handshake_timeout_closes_silent_clients_and_frees_the_slot() {
     let options = xks_proxy::server::ServeOptions {
         max_connections: 1,
         handshake_timeout: Duration::from_millis(200),
-        ..client::options()
+        ..server::options()
     };
     let tls = xks_proxy::tls::server_config(&pki.tls()).unwrap();
     let server = Server::start(Some(tls), options).await;
@@ -429,7 +434,7 @@ async fn shutdown_grace_bounds_the_drain() {
     let pki = Pki::new();
     let tls = xks_proxy::tls::server_config(&pki.tls()).unwrap();
     let grace = Duration::from_millis(50);
-    let mut server = Server::start_with_grace(Some(tls), client::options(), grace).await;
+    let mut server = Server::start_with_grace(Some(tls), server::options(), grace).await;
     let busy = connect(server.addr, Client::default().config(&pki, None))
         .await
         .unwrap();
