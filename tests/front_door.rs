@@ -13,15 +13,14 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
 use support::binary::Server;
+use support::client::TlsClient;
 use support::{Ca, Client, bodies, softhsm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -171,10 +170,11 @@ type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS connection that offers only ALPN h2.
 async fn tls_h2(server: &Server, ca: &Ca) -> TlsStream {
-    let config = support::client::client_config(ca, None, &[b"h2"]);
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    let client = TlsClient {
+        alpn: vec![b"h2"],
+        ..TlsClient::default()
+    };
+    support::client::connect(server.addr, client.config(ca, None))
         .await
         .unwrap()
 }

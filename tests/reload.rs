@@ -7,10 +7,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use support::binary::Server;
+use support::client::TlsClient;
 use support::{AKID_A1, AKID_A2, Ca, Client, SECRET_A1, SECRET_A2, Signer, bodies, softhsm};
 
 const HEALTH: &str = "/tenant-a/kms/xks/v1/health";
@@ -150,11 +150,11 @@ async fn rot_1_rot_2_rot_3_credentials_rotate_without_a_restart() {
 
 /// The server's leaf certificate, seen by a fresh TLS connection.
 async fn served_leaf(server: &Server, ca: &Ca) -> CertificateDer<'static> {
-    let config = support::client::client_config(ca, None, &[b"http/1.1"]);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    let client = TlsClient {
+        alpn: vec![b"http/1.1"],
+        ..TlsClient::default()
+    };
+    let tls = support::client::connect(server.addr, client.config(ca, None))
         .await
         .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0]

@@ -309,15 +309,6 @@ impl Connection {
     }
 }
 
-/// A rustls client config trusting `ca`, with an optional client certificate.
-pub fn client_config(ca: &Ca, client_cert: Option<&Leaf>, alpn: &[&'static [u8]]) -> ClientConfig {
-    let client = TlsClient {
-        alpn: alpn.to_vec(),
-        ..TlsClient::default()
-    };
-    Arc::unwrap_or_clone(client.config(ca, client_cert))
-}
-
 /// The TLS side of a client: protocol versions, cipher suites and ALPN offered.
 pub struct TlsClient {
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
