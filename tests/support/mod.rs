@@ -19,6 +19,7 @@ pub mod isolation;
 pub mod pki;
 pub mod sigv4;
 pub mod softhsm;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
