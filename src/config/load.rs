@@ -7,9 +7,9 @@ use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat};
 
-use super::Settings;
 use super::error::{ConfigError, ConfigErrors, Errors};
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawHsmOnly};
+use super::{Hsm, Settings};
 
 /// Environment variables starting with this prefix override file values: `XKS__HSM__USER_PIN`
 /// sets `hsm.user_pin`.
@@ -31,6 +31,26 @@ pub(super) fn load_with_env(
         .source(env);
     let source = File::from(path).format(FileFormat::Toml);
     build(Config::builder().add_source(source).add_source(env))
+}
+
+/// Loads only the `[hsm]` section of `path` (plus `XKS__HSM__…` overrides): what the `keys`
+/// commands need. Other sections are neither required nor checked.
+pub fn load_hsm(path: &Path) -> Result<Hsm, ConfigErrors> {
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__");
+    let source = File::from(path).format(FileFormat::Toml);
+    let raw: RawHsmOnly = Config::builder()
+        .add_source(source)
+        .add_source(env)
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| ConfigErrors(vec![deserialize_error(&e)]))?;
+    let mut errors = Errors::default();
+    match super::validate::validate_hsm_only(raw, &mut errors) {
+        Some(hsm) if errors.0.is_empty() => Ok(hsm),
+        _ => Err(ConfigErrors(errors.0)),
+    }
 }
 
 /// Loads a TOML document without environment overrides (tests, `check-config` of a snippet).

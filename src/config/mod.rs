@@ -14,6 +14,7 @@ mod tests;
 mod types;
 mod validate;
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -22,11 +23,11 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{ENV_PREFIX, load, load_from_str};
+pub use load::{ENV_PREFIX, load, load_from_str, load_hsm};
 pub use restart::RestartOnly;
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
-use crate::xks::ExternalKeyId;
+use crate::xks::{ExternalKeyId, KeyVersion};
 
 /// The validated configuration of one proxy process.
 #[derive(Debug, Clone)]
@@ -45,6 +46,10 @@ pub struct Settings {
     pub logging: LoggingSettings,
     /// The admin listener: metrics, probes, reload.
     pub admin: AdminSettings,
+    /// The per-key kill switch (`[[keys]]`).
+    pub keys: KeyControls,
+    /// How the configuration reloads besides SIGHUP and `POST /admin/reload`.
+    pub reload: ReloadSettings,
 }
 
 impl Settings {
@@ -289,6 +294,67 @@ pub struct KeyStoreSettings {
     pub enabled: bool,
     /// Optional request quota of this key store (URI-3): beyond it, `ThrottlingException`.
     pub rate_limit: Option<RateLimit>,
+    /// Decrypt also accepts ciphertexts made by AWS's sample proxy.
+    pub aws_sample_migration: Option<AwsSampleMigration>,
+}
+
+/// The per-key kill switch: keys and key versions the operator turned off (`[[keys]]`).
+/// Keys not listed are enabled, with every version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyControls {
+    keys: HashMap<ExternalKeyId, KeyControl>,
+}
+
+/// One `[[keys]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyControl {
+    /// `false`: GetKeyMetadata says `DISABLED`; Encrypt and Decrypt are refused.
+    pub enabled: bool,
+    /// Versions that neither encrypt nor decrypt any more.
+    pub disabled_versions: BTreeSet<KeyVersion>,
+}
+
+impl KeyControls {
+    /// The switch for `id`, if the configuration lists it.
+    pub fn get(&self, id: &ExternalKeyId) -> Option<&KeyControl> {
+        self.keys.get(id)
+    }
+
+    /// Whether `id` is enabled (not turned off as a whole).
+    pub fn key_enabled(&self, id: &ExternalKeyId) -> bool {
+        self.get(id).is_none_or(|key| key.enabled)
+    }
+
+    /// Whether `version` of `id` may be used, the key itself being enabled.
+    pub fn version_enabled(&self, id: &ExternalKeyId, version: KeyVersion) -> bool {
+        self.get(id)
+            .is_none_or(|key| !key.disabled_versions.contains(&version))
+    }
+
+    /// The listed keys, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ExternalKeyId, &KeyControl)> {
+        self.keys.iter()
+    }
+}
+
+/// `[reload]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Reload when the configuration file changes (its content, or the file a symlink points
+    /// to, as a Kubernetes ConfigMap update does), checked every `watch_interval`.
+    pub watch_config: bool,
+    /// How often the file is checked.
+    pub watch_interval: Duration,
+}
+
+/// Accepting on Decrypt the ciphertexts AWS's sample proxy (`aws-samples/aws-kms-xks-proxy`)
+/// made for this key store (`[key_stores.aws_sample_migration]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSampleMigration {
+    /// The sample's one static `ciphertextMetadata` (its `ciphertext_metadata_b64`, often
+    /// empty): Decrypt requests carrying exactly this value are tried in the sample's format
+    /// first.
+    pub ciphertext_metadata: Vec<u8>,
 }
 
 /// A token bucket: `requests_per_second` sustained, bursts of up to `burst` requests.

@@ -22,6 +22,46 @@ pub(super) struct RawConfig {
     pub(super) logging: RawLogging,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) keys: Vec<RawKeyControl>,
+    #[serde(default)]
+    pub(super) reload: RawReload,
+}
+
+/// Just `[hsm]`, every other section ignored (`keys` commands).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawHsmOnly {
+    pub(super) hsm: RawHsm,
+}
+
+/// `[[keys]]`: the per-key kill switch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeyControl {
+    pub(super) id: String,
+    #[serde(default = "defaults::yes")]
+    pub(super) enabled: bool,
+    #[serde(default)]
+    pub(super) disabled_versions: Vec<u32>,
+}
+
+/// `[reload]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReload {
+    #[serde(default)]
+    pub(super) watch_config: bool,
+    #[serde(default = "defaults::watch_interval_ms")]
+    pub(super) watch_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            watch_config: false,
+            watch_interval_ms: defaults::watch_interval_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +209,15 @@ pub(super) struct RawKeyStore {
     #[serde(default = "defaults::yes")]
     pub(super) enabled: bool,
     pub(super) rate_limit: Option<RawRateLimit>,
+    pub(super) aws_sample_migration: Option<RawAwsSampleMigration>,
+}
+
+/// `[key_stores.aws_sample_migration]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAwsSampleMigration {
+    #[serde(default)]
+    pub(super) ciphertext_metadata_b64: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +319,11 @@ pub(super) mod defaults {
     }
     pub(in crate::config) fn log_level() -> String {
         "info".into()
+    }
+    /// Kubernetes updates a mounted ConfigMap within about a minute; a second on top of that
+    /// is unnoticeable, and one `stat` a second costs nothing.
+    pub(in crate::config) fn watch_interval_ms() -> u64 {
+        1_000
     }
     pub(in crate::config) fn log_format() -> String {
         "json".into()

@@ -100,6 +100,8 @@ restart_only! {
     reload_token_file: Option<PathBuf> => "admin.reload_token_file",
     allowed_hosts: Vec<String> => "admin.allowed_hosts",
     log_format: LogFormat => "logging.format",
+    watch_config: bool => "reload.watch_config",
+    watch_interval: Duration => "reload.watch_interval_ms",
 }
 
 impl RestartOnly {
@@ -113,6 +115,8 @@ impl RestartOnly {
             key_stores: _, // reloadable: stores, credentials, allowlists, quotas
             logging,
             admin,
+            keys: _, // reloadable: the kill switch
+            reload,
         } = settings;
         let ServerSettings {
             listen,
@@ -184,6 +188,8 @@ impl RestartOnly {
             reload_token_file: reload_token_file.clone(),
             allowed_hosts: allowed_hosts.clone(),
             log_format: *format,
+            watch_config: reload.watch_config,
+            watch_interval: reload.watch_interval,
         }
     }
 }

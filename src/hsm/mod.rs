@@ -8,6 +8,7 @@ mod error;
 #[cfg(test)]
 pub(crate) mod fake;
 mod fleet;
+pub mod labels;
 mod observer;
 pub mod pkcs11;
 

@@ -1,6 +1,7 @@
 //! Identifier newtypes from the XKS URI grammar (spec "URI structure", checklist URI-7).
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 /// Longest external key id the spec allows (URI-7).
 pub const MAX_EXTERNAL_KEY_ID_LEN: usize = 128;
@@ -71,6 +72,64 @@ impl std::str::FromStr for ExternalKeyId {
     type Err = KeyIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// One version of an external key: 1 is the object whose label is the key id itself (every
+/// key made before versioning), later versions come from `keys rotate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyVersion(NonZeroU32);
+
+impl KeyVersion {
+    /// Version 1: the original key object.
+    pub const FIRST: Self = Self(NonZeroU32::MIN);
+
+    /// The version numbered `n`, if `n` is at least 1.
+    pub fn new(n: u32) -> Option<Self> {
+        NonZeroU32::new(n).map(Self)
+    }
+
+    /// The version number.
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The version after this one, unless this is the last one a `u32` can count.
+    pub fn next(self) -> Option<Self> {
+        self.0.checked_add(1).map(Self)
+    }
+}
+
+impl fmt::Display for KeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// An external key id and one of its versions: what the HSM layer looks up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionedKey {
+    /// The external key id (`XksKeyId`).
+    pub id: ExternalKeyId,
+    /// Which version of it.
+    pub version: KeyVersion,
+}
+
+impl VersionedKey {
+    /// Version `version` of `id`.
+    pub fn new(id: ExternalKeyId, version: KeyVersion) -> Self {
+        Self { id, version }
+    }
+
+    /// Version 1 of `id`: the object labelled with the id itself.
+    pub fn first(id: ExternalKeyId) -> Self {
+        Self::new(id, KeyVersion::FIRST)
+    }
+}
+
+impl fmt::Display for VersionedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.id, self.version)
     }
 }
 

@@ -9,4 +9,4 @@ mod ids;
 pub mod wire;
 
 pub use error::{ErrorName, XksError};
-pub use ids::{ExternalKeyId, KeyIdError, MAX_EXTERNAL_KEY_ID_LEN};
+pub use ids::{ExternalKeyId, KeyIdError, KeyVersion, MAX_EXTERNAL_KEY_ID_LEN, VersionedKey};

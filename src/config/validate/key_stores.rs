@@ -2,16 +2,64 @@
 
 use std::collections::{HashMap, HashSet};
 
+use base64::Engine;
 use secrecy::ExposeSecret;
 
 use super::super::error::Errors;
+use super::super::raw::RawKeyControl;
 use super::super::raw::{RawCredential, RawKeyStore};
-use super::super::{Credential, HsmSettings, KeyStoreSettings, RateLimit};
+use super::super::{
+    AwsSampleMigration, Credential, HsmSettings, KeyControl, KeyControls, KeyStoreSettings,
+    RateLimit,
+};
 
 use super::super::types::{AccessKeyId, UriPrefix};
 
 use super::{range, secret};
-use crate::xks::ExternalKeyId;
+use crate::xks::framing::MAX_CIPHERTEXT_METADATA_LEN;
+use crate::xks::{ExternalKeyId, KeyVersion};
+
+/// `[[keys]]`: valid, distinct key ids, never the health-check key, versions from 1.
+pub(super) fn validate_key_controls(
+    raw: Vec<RawKeyControl>,
+    hsm: Option<&HsmSettings>,
+    errors: &mut Errors,
+) -> KeyControls {
+    let mut controls = KeyControls::default();
+    for (i, key) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}].{field}");
+        let Some(id) = errors.check(
+            &at("id"),
+            ExternalKeyId::parse(&key.id).map_err(|e| e.to_string()),
+        ) else {
+            continue;
+        };
+        if hsm.is_some_and(|h| h.health_key_label == id) {
+            errors.push(at("id"), "the health-check key is never served to KMS");
+            continue;
+        }
+        let mut disabled_versions = std::collections::BTreeSet::new();
+        for (j, n) in key.disabled_versions.iter().enumerate() {
+            match KeyVersion::new(*n) {
+                Some(version) => {
+                    disabled_versions.insert(version);
+                }
+                None => errors.push(
+                    at(&format!("disabled_versions[{j}]")),
+                    "key versions start at 1",
+                ),
+            }
+        }
+        let control = KeyControl {
+            enabled: key.enabled,
+            disabled_versions,
+        };
+        if controls.keys.insert(id, control).is_some() {
+            errors.push(at("id"), "this key is listed twice in [[keys]]");
+        }
+    }
+    controls
+}
 
 pub(super) fn validate_key_stores(
     raw: Vec<RawKeyStore>,
@@ -101,6 +149,22 @@ pub(super) fn validate_key_stores(
                 burst,
             })
         });
+        let aws_sample_migration = store.aws_sample_migration.and_then(|raw| {
+            let field = at("aws_sample_migration.ciphertext_metadata_b64");
+            let bytes = errors.check(
+                &field,
+                base64::engine::general_purpose::STANDARD
+                    .decode(&raw.ciphertext_metadata_b64)
+                    .map_err(|_| "must be standard Base64 (empty for none)".to_owned()),
+            )?;
+            if bytes.len() > MAX_CIPHERTEXT_METADATA_LEN {
+                errors.push(field, "must decode to at most 20 bytes (E-8)");
+                return None;
+            }
+            Some(AwsSampleMigration {
+                ciphertext_metadata: bytes,
+            })
+        });
         if let Some(prefix) = prefix {
             stores.push(KeyStoreSettings {
                 name,
@@ -110,6 +174,7 @@ pub(super) fn validate_key_stores(
                 allowed_keys,
                 enabled: store.enabled,
                 rate_limit,
+                aws_sample_migration,
             });
         }
     }

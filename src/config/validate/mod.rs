@@ -15,7 +15,7 @@ use secrecy::SecretString;
 
 use super::error::Errors;
 use super::raw::RawConfig;
-use super::{HealthSettings, Hsm, LogFormat, LoggingSettings, Settings};
+use super::{HealthSettings, Hsm, LogFormat, LoggingSettings, ReloadSettings, Settings};
 
 pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> {
     let server = server::validate_server(raw.server, errors);
@@ -26,6 +26,8 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
         key_stores::validate_key_stores(raw.key_stores, hsm.as_ref().map(Hsm::primary), errors);
     let logging = validate_logging(raw.logging, errors);
     let admin = server::validate_admin(raw.admin, errors);
+    let keys = key_stores::validate_key_controls(raw.keys, hsm.as_ref().map(Hsm::primary), errors);
+    let reload = validate_reload(&raw.reload, errors);
     Some(Settings {
         server: server?,
         limits: limits?,
@@ -34,6 +36,27 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
         key_stores,
         logging: logging?,
         admin: admin?,
+        keys,
+        reload: reload?,
+    })
+}
+
+/// Only the `[hsm]` section, for the `keys` commands: a new user makes keys before writing
+/// key stores.
+pub(super) fn validate_hsm_only(raw: super::raw::RawHsmOnly, errors: &mut Errors) -> Option<Hsm> {
+    hsm::validate_hsm(raw.hsm, errors)
+}
+
+fn validate_reload(raw: &super::raw::RawReload, errors: &mut Errors) -> Option<ReloadSettings> {
+    let interval = millis(
+        "reload.watch_interval_ms",
+        raw.watch_interval_ms,
+        100..=3_600_000,
+        errors,
+    );
+    Some(ReloadSettings {
+        watch_config: raw.watch_config,
+        watch_interval: interval?,
     })
 }
 
