@@ -152,7 +152,7 @@ mod tests {
     use crate::hsm::{
         DecryptRequest, EncryptRequest, GcmCiphertext, KeyMetadata, MemberHealth, ServedFuture,
     };
-    use crate::xks::{ErrorName, ExternalKeyId};
+    use crate::xks::{ErrorName, ExternalKeyId, KeyVersion, VersionedKey};
 
     struct Scripted {
         answer: Result<HsmHealth, HsmError>,
@@ -170,12 +170,20 @@ mod tests {
     }
 
     impl KeyBackend for Scripted {
-        fn key_metadata(&self, _: ExternalKeyId, _: Instant) -> ServedFuture<'_, KeyMetadata> {
+        fn key_versions(
+            &self,
+            _: ExternalKeyId,
+            _: Instant,
+        ) -> ServedFuture<'_, Arc<[KeyVersion]>> {
+            answer(Err(HsmError::KeyNotFound))
+        }
+        fn forget_key_versions(&self) {}
+        fn key_metadata(&self, _: VersionedKey, _: Instant) -> ServedFuture<'_, KeyMetadata> {
             answer(Err(HsmError::KeyNotFound))
         }
         fn encrypt(
             &self,
-            _: ExternalKeyId,
+            _: VersionedKey,
             _: EncryptRequest,
             _: Instant,
         ) -> ServedFuture<'_, GcmCiphertext> {
@@ -183,7 +191,7 @@ mod tests {
         }
         fn decrypt(
             &self,
-            _: ExternalKeyId,
+            _: VersionedKey,
             _: DecryptRequest,
             _: Instant,
         ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {

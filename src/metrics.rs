@@ -85,6 +85,19 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KillSwitchLabels {
+    key_store: String,
+    operation: String,
+    external_key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SampleDecryptLabels {
+    key_store: String,
+    format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -107,6 +120,8 @@ pub struct Metrics {
     hsm_health: Family<MemberLabel, Gauge>,
     credentials: Family<KeyStoreLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
+    kill_switch_refusals: Family<KillSwitchLabels, Counter>,
+    aws_sample_decrypts: Family<SampleDecryptLabels, Counter>,
     /// notAfter of the serving certificate, Unix seconds; 0 when TLS is off. Read by the
     /// [`TlsExpiry`] collector at every scrape.
     tls_not_after: Arc<AtomicI64>,
@@ -186,6 +201,21 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             reloads.clone(),
         );
+        let kill_switch_refusals = Family::<KillSwitchLabels, Counter>::default();
+        registry.register(
+            "kill_switch_refusals",
+            "Requests refused because [[keys]] disables the key or the key version, by key store, \
+             operation and external key id (only configured keys can appear)",
+            kill_switch_refusals.clone(),
+        );
+        let aws_sample_decrypts = Family::<SampleDecryptLabels, Counter>::default();
+        registry.register(
+            "aws_sample_migration_decrypts",
+            "Decrypts that went through a key store's aws_sample_migration path, by the format \
+             that opened the ciphertext: aws_sample, or spec (the fallback after the sample's \
+             format failed)",
+            aws_sample_decrypts.clone(),
+        );
         let tls_not_after = Arc::new(AtomicI64::new(0));
         registry.register_collector(Box::new(TlsExpiry(Arc::clone(&tls_not_after))));
         let build = Family::<BuildLabels, Gauge>::default();
@@ -206,8 +236,30 @@ impl Metrics {
             hsm_health,
             credentials,
             reloads,
+            kill_switch_refusals,
+            aws_sample_decrypts,
             tls_not_after,
         }
+    }
+
+    /// Counts a request refused by the `[[keys]]` kill switch.
+    pub fn kill_switch_refused(&self, key_store: &str, operation: &str, external_key_id: &str) {
+        let labels = KillSwitchLabels {
+            key_store: key_store.into(),
+            operation: operation.into(),
+            external_key_id: external_key_id.into(),
+        };
+        self.kill_switch_refusals.get_or_create(&labels).inc();
+    }
+
+    /// Counts a Decrypt on a key store's `aws_sample_migration` path, by the format that
+    /// opened it (`aws_sample`, or `spec` after the sample's format failed).
+    pub fn aws_sample_decrypt(&self, key_store: &str, format: &str) {
+        let labels = SampleDecryptLabels {
+            key_store: key_store.into(),
+            format: format.into(),
+        };
+        self.aws_sample_decrypts.get_or_create(&labels).inc();
     }
 
     /// Counts a finished XKS request and observes its latency.

@@ -151,7 +151,13 @@ async fn e_1_e_6_e_7_e_11_e_12_d_8_round_trip_over_http1_and_http2() {
         let enc = reply.assert_ok();
         assert!(reply.text().contains("\"ciphertext\":"));
         let keys: Vec<_> = enc.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 3, "only ciphertext, IV and tag: {keys:?}");
+        assert_eq!(
+            keys.len(),
+            4,
+            "only ciphertext, its metadata, IV and tag: {keys:?}"
+        );
+        // Format 1, key version 1 (the key was never rotated).
+        assert_eq!(unb64(&enc["ciphertextMetadata"]), [1, 0, 0, 0, 1]);
         assert_eq!(unb64(&enc["ciphertext"]).len(), 12);
         assert_eq!(unb64(&enc["initializationVector"]).len(), 12);
         assert_eq!(unb64(&enc["authenticationTag"]).len(), 16);
@@ -221,6 +227,7 @@ async fn cdiv_1_cdiv_2_cdiv_3_the_integrity_value_recomputes() {
         assert!(reply.text().contains("\"ciphertextDataIntegrityValue\":"));
         let mut hash = Sha256::new();
         hash.update(aad.unwrap_or_default());
+        hash.update(unb64(&enc["ciphertextMetadata"]));
         hash.update(unb64(&enc["initializationVector"]));
         hash.update(unb64(&enc["ciphertext"]));
         hash.update(unb64(&enc["authenticationTag"]));
@@ -1002,9 +1009,19 @@ async fn uri_3_a_key_store_quota_answers_throttling_when_exhausted() {
 struct PanickingBackend;
 
 impl xks_proxy::hsm::KeyBackend for PanickingBackend {
-    fn key_metadata(
+    fn key_versions(
         &self,
         _: xks_proxy::xks::ExternalKeyId,
+        _: std::time::Instant,
+    ) -> xks_proxy::hsm::ServedFuture<'_, std::sync::Arc<[xks_proxy::xks::KeyVersion]>> {
+        Box::pin(async { panic!("simulated handler bug") })
+    }
+
+    fn forget_key_versions(&self) {}
+
+    fn key_metadata(
+        &self,
+        _: xks_proxy::xks::VersionedKey,
         _: std::time::Instant,
     ) -> xks_proxy::hsm::ServedFuture<'_, xks_proxy::hsm::KeyMetadata> {
         Box::pin(async { panic!("simulated handler bug") })
@@ -1012,7 +1029,7 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
 
     fn encrypt(
         &self,
-        _: xks_proxy::xks::ExternalKeyId,
+        _: xks_proxy::xks::VersionedKey,
         _: xks_proxy::hsm::EncryptRequest,
         _: std::time::Instant,
     ) -> xks_proxy::hsm::ServedFuture<'_, xks_proxy::hsm::GcmCiphertext> {
@@ -1021,7 +1038,7 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
 
     fn decrypt(
         &self,
-        _: xks_proxy::xks::ExternalKeyId,
+        _: xks_proxy::xks::VersionedKey,
         _: xks_proxy::hsm::DecryptRequest,
         _: std::time::Instant,
     ) -> xks_proxy::hsm::ServedFuture<'_, zeroize::Zeroizing<Vec<u8>>> {

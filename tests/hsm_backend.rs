@@ -18,7 +18,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use std::sync::OnceLock;
 
-use support::softhsm::{self, HEALTH_KEY, deadline, key_id};
+use support::softhsm::{self, HEALTH_KEY, deadline, key_id, v1};
 use xks_proxy::hsm::pkcs11::Pkcs11Backend;
 use xks_proxy::hsm::{
     DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, KeyBackend, KeySpec, KeyStatus,
@@ -63,7 +63,7 @@ async fn encrypt(label: &str, plaintext: &[u8], aad: &[u8]) -> Result<GcmCiphert
         plaintext: Zeroizing::new(plaintext.to_vec()),
         aad: aad.to_vec(),
     };
-    backend().encrypt(key_id(label), request, deadline()).await
+    backend().encrypt(v1(label), request, deadline()).await
 }
 
 async fn decrypt(label: &str, sealed: &GcmCiphertext, aad: &[u8]) -> Result<Vec<u8>, HsmError> {
@@ -84,7 +84,7 @@ async fn decrypt_parts(
         aad: aad.to_vec(),
     };
     backend()
-        .decrypt(key_id(label), request, deadline())
+        .decrypt(v1(label), request, deadline())
         .await
         .map(|p| p.to_vec())
 }
@@ -297,14 +297,14 @@ hsm_test! {
         ];
         for (label, usages) in cases {
             new_key(label, usages);
-            let metadata = backend().key_metadata(key_id(label), deadline()).await.unwrap();
+            let metadata = backend().key_metadata(v1(label), deadline()).await.unwrap();
             let mut expected = usages.to_vec();
             expected.sort();
             assert_eq!(metadata.usages, expected, "{label}");
             assert_eq!(metadata.spec, KeySpec::Aes256, "{label}");
             assert_eq!(metadata.status, KeyStatus::Enabled, "{label}");
         }
-        let all = backend().key_metadata(key_id("meta-all"), deadline()).await.unwrap();
+        let all = backend().key_metadata(v1("meta-all"), deadline()).await.unwrap();
         let names: Vec<_> = all.usages.iter().map(|u| u.as_str()).collect();
         assert_eq!(names, ["ENCRYPT", "DECRYPT", "SIGN", "VERIFY", "WRAP", "UNWRAP", "DERIVE"]);
     }
@@ -314,7 +314,7 @@ hsm_test! {
     /// K-2: an AES-128 key is reported truthfully and refused for crypto.
     async fn k_2_aes_128_key_is_reported_and_refused() {
         raw_aes_key(&raw_session(), "aes128-key", 16);
-        let metadata = backend().key_metadata(key_id("aes128-key"), deadline()).await.unwrap();
+        let metadata = backend().key_metadata(v1("aes128-key"), deadline()).await.unwrap();
         assert_eq!(metadata.spec, KeySpec::Aes128);
         assert_eq!(metadata.usages, ENCRYPT_DECRYPT);
         let refused = Some(HsmError::UnsupportedKey { found: "AES_128".into() });
@@ -331,7 +331,7 @@ hsm_test! {
         raw_aes_key(&session, "twin-key", 32);
         raw_aes_key(&session, "twin-key", 32);
         let ambiguous = HsmError::AmbiguousKey { count: 2 };
-        let metadata = backend().key_metadata(key_id("twin-key"), deadline()).await;
+        let metadata = backend().key_metadata(v1("twin-key"), deadline()).await;
         assert_eq!(metadata.err(), Some(ambiguous.clone()));
         assert_eq!(encrypt("twin-key", b"data", b"").await.err(), Some(ambiguous.clone()));
         let opened = decrypt_parts("twin-key", b"data", &[1; 12], [2; 16], b"").await;
@@ -363,7 +363,7 @@ fn raw_key_with(session: &Session, label: &str, sensitive: bool, extractable: bo
 
 /// Every customer operation on `label` answers KeyNotFound.
 async fn assert_not_served(label: &str) {
-    let metadata = backend().key_metadata(key_id(label), deadline()).await;
+    let metadata = backend().key_metadata(v1(label), deadline()).await;
     assert_eq!(
         metadata.err(),
         Some(HsmError::KeyNotFound),
@@ -435,7 +435,7 @@ hsm_test! {
         let handles = find_raw(&session, "victim-key");
         assert_eq!(handles.len(), 2, "the squatter is on the token");
 
-        let metadata = backend().key_metadata(key_id("victim-key"), deadline()).await.unwrap();
+        let metadata = backend().key_metadata(v1("victim-key"), deadline()).await.unwrap();
         assert_eq!(metadata.spec, KeySpec::Aes256);
         let sealed = encrypt("victim-key", b"for the real key only", b"aad").await.unwrap();
         assert_eq!(decrypt("victim-key", &sealed, b"aad").await.unwrap(), b"for the real key only");
@@ -459,7 +459,7 @@ hsm_test! {
 hsm_test! {
     /// K-10, URI-8: an unknown key id is KeyNotFound for every operation.
     async fn unknown_key_is_not_found() {
-        let metadata = backend().key_metadata(key_id("no-such-key"), deadline()).await;
+        let metadata = backend().key_metadata(v1("no-such-key"), deadline()).await;
         assert_eq!(metadata.err(), Some(HsmError::KeyNotFound));
         assert_eq!(encrypt("no-such-key", b"data", b"").await.err(), Some(HsmError::KeyNotFound));
         let opened = decrypt_parts("no-such-key", b"data", &[1; 12], [2; 16], b"").await;
@@ -476,7 +476,7 @@ hsm_test! {
         assert_eq!(health[0].label, HEALTH_KEY);
         assert_eq!(health[0].usages, ENCRYPT_DECRYPT);
 
-        let metadata = backend().key_metadata(key_id(HEALTH_KEY), deadline()).await;
+        let metadata = backend().key_metadata(v1(HEALTH_KEY), deadline()).await;
         assert_eq!(metadata.err(), Some(HsmError::KeyNotFound));
         assert_eq!(encrypt(HEALTH_KEY, b"data", b"").await.err(), Some(HsmError::KeyNotFound));
         let opened = decrypt_parts(HEALTH_KEY, b"data", &[1; 12], [2; 16], b"").await;
@@ -575,9 +575,9 @@ hsm_test! {
         new_key("late-key", ENCRYPT_DECRYPT);
         let past = Instant::now() - Duration::from_millis(1);
         let request = EncryptRequest { plaintext: Zeroizing::new(b"x".to_vec()), aad: vec![] };
-        let encrypted = backend().encrypt(key_id("late-key"), request, past).await;
+        let encrypted = backend().encrypt(v1("late-key"), request, past).await;
         assert_eq!(encrypted.err(), Some(HsmError::Timeout));
-        let metadata = backend().key_metadata(key_id("late-key"), past).await;
+        let metadata = backend().key_metadata(v1("late-key"), past).await;
         assert_eq!(metadata.err(), Some(HsmError::Timeout));
         assert_eq!(backend().health(past).await.err(), Some(HsmError::Timeout));
     }
@@ -596,14 +596,14 @@ hsm_test! {
             aad: vec![],
         };
         let started = Instant::now();
-        let long = small.encrypt(key_id("busy-key"), request(LONG), deadline());
+        let long = small.encrypt(v1("busy-key"), request(LONG), deadline());
 
         // Submission happens when encrypt() is called. Probe until a job is accepted: the
         // queue holds one job, so acceptance means the worker has taken the long one.
         let mut waker_context = Context::from_waker(Waker::noop());
         let mut queued = loop {
             let short_deadline = Instant::now() + Duration::from_millis(5);
-            let mut probe = small.encrypt(key_id("busy-key"), request(16), short_deadline);
+            let mut probe = small.encrypt(v1("busy-key"), request(16), short_deadline);
             match probe.as_mut().poll(&mut waker_context) {
                 Poll::Ready(Err(HsmError::Busy)) => std::thread::yield_now(),
                 Poll::Pending => break probe,
@@ -613,7 +613,7 @@ hsm_test! {
         };
         let mut busy = Vec::new();
         for _ in 0..7 {
-            busy.push(small.encrypt(key_id("busy-key"), request(16), deadline()).await.err());
+            busy.push(small.encrypt(v1("busy-key"), request(16), deadline()).await.err());
         }
         assert_eq!(busy, vec![Some(HsmError::Busy); 7]);
         assert_eq!(queued.as_mut().await.err(), Some(HsmError::Timeout));
@@ -625,7 +625,7 @@ hsm_test! {
         // The backend serves again once the worker has drained (dropped) the expired job.
         let drained = Instant::now();
         loop {
-            match small.encrypt(key_id("busy-key"), request(16), deadline()).await {
+            match small.encrypt(v1("busy-key"), request(16), deadline()).await {
                 Ok(_) => break,
                 Err(HsmError::Busy) if drained.elapsed() < Duration::from_secs(5) => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -781,15 +781,15 @@ hsm_test! {
 
         hsm.create_key(&key_id("timed-key"), ENCRYPT_DECRYPT).unwrap();
         let request = |len: usize| EncryptRequest { plaintext: Zeroizing::new(vec![7; len]), aad: vec![] };
-        let sealed = hsm.encrypt(key_id("timed-key"), request(16), deadline()).await.unwrap();
+        let sealed = hsm.encrypt(v1("timed-key"), request(16), deadline()).await.unwrap();
         let decrypt = DecryptRequest {
             ciphertext: sealed.ciphertext.clone(),
             iv: sealed.iv.to_vec(),
             tag: sealed.tag,
             aad: vec![],
         };
-        hsm.decrypt(key_id("timed-key"), decrypt, deadline()).await.unwrap();
-        hsm.key_metadata(key_id("timed-key"), deadline()).await.unwrap();
+        hsm.decrypt(v1("timed-key"), decrypt, deadline()).await.unwrap();
+        hsm.key_metadata(v1("timed-key"), deadline()).await.unwrap();
         let text = metrics.render();
         for function in [
             "C_GetSlotList", "C_GetTokenInfo", "C_OpenSession", "C_Login", "C_FindObjects",
@@ -800,7 +800,7 @@ hsm_test! {
         }
 
         // While a long job runs on the only session, it is in use; afterwards idle again.
-        let long = hsm.encrypt(key_id("timed-key"), request(LONG), deadline());
+        let long = hsm.encrypt(v1("timed-key"), request(LONG), deadline());
         let watcher = async {
             let started = Instant::now();
             loop {

@@ -27,7 +27,7 @@ use xks_proxy::config::HealthSettings;
 use xks_proxy::health::HealthService;
 use xks_proxy::hsm::{DecryptRequest, EncryptRequest, FleetBackend, KeyBackend, KeyUsage, Served};
 use xks_proxy::metrics::Metrics;
-use xks_proxy::xks::ExternalKeyId;
+use xks_proxy::xks::{ExternalKeyId, VersionedKey};
 use zeroize::Zeroizing;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -149,8 +149,8 @@ fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(10)
 }
 
-fn key(label: &str) -> ExternalKeyId {
-    ExternalKeyId::parse(label).unwrap()
+fn key(label: &str) -> VersionedKey {
+    VersionedKey::first(ExternalKeyId::parse(label).unwrap())
 }
 
 fn request(plaintext: &[u8]) -> EncryptRequest {
@@ -335,7 +335,7 @@ fn h_11_h_16_failing_member_is_taken_out_and_probed_back_in() {
                 // The member recovers: the probe thread puts it back within about a second.
                 fleet.members()[1]
                     .backend()
-                    .create_key(&key(HEALTH_KEY), &[KeyUsage::Encrypt, KeyUsage::Decrypt])
+                    .create_key(&key(HEALTH_KEY).id, &[KeyUsage::Encrypt, KeyUsage::Decrypt])
                     .unwrap();
                 let until = Instant::now() + Duration::from_secs(10);
                 while fleet.members()[1].is_out() {

@@ -3,6 +3,7 @@
 //! injected failures. Never a stand-in for the PKCS#11 tests, which run against SoftHSM2.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -14,7 +15,8 @@ use super::{
     KeyBackend, KeyMetadata, KeySpec, KeyStatus, KeyUsage, MemberHealth, MemberStatus, Served,
     ServedFuture,
 };
-use crate::xks::ExternalKeyId;
+use super::labels::{parse_token_label, token_label};
+use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// The member id every answer of the fake names.
 pub(crate) const FAKE_MEMBER: &str = "fake-hsm-1";
@@ -33,14 +35,26 @@ struct FakeKey {
 }
 
 impl MemoryBackend {
-    /// Adds an AES-256 key with random material and the given usages.
+    /// Adds version 1 of an AES-256 key with random material and the given usages.
     pub(crate) fn with_key(self, label: &str, usages: &[KeyUsage]) -> Self {
+        self.with_key_version(label, 1, usages)
+    }
+
+    /// Adds version `version` of an AES-256 key with random material and the given usages,
+    /// stored under its token label ([`crate::hsm::labels`]).
+    pub(crate) fn with_key_version(self, id: &str, version: u32, usages: &[KeyUsage]) -> Self {
+        #[allow(clippy::expect_used)]
+        let key = VersionedKey::new(
+            ExternalKeyId::parse(id).expect("a valid test key id"),
+            KeyVersion::new(version).expect("versions start at 1"),
+        );
+        let label = token_label(&key);
         let mut material = Zeroizing::new([0u8; 32]);
         // Test-only code: a machine without an OS RNG cannot run the tests anyway.
         #[allow(clippy::expect_used)]
         getrandom::fill(material.as_mut()).expect("OS random number generator");
         self.keys.lock().insert(
-            label.to_owned(),
+            label,
             FakeKey {
                 material,
                 usages: usages.to_vec(),
@@ -63,9 +77,9 @@ impl MemoryBackend {
     }
 
     /// The key's AEAD key, if it exists and permits `usage`.
-    fn key_for(&self, key: &ExternalKeyId, usage: KeyUsage) -> Result<LessSafeKey, HsmError> {
+    fn key_for(&self, key: &VersionedKey, usage: KeyUsage) -> Result<LessSafeKey, HsmError> {
         let keys = self.keys.lock();
-        let found = keys.get(key.as_str()).ok_or(HsmError::KeyNotFound)?;
+        let found = keys.get(&token_label(key)).ok_or(HsmError::KeyNotFound)?;
         if !found.usages.contains(&usage) {
             return Err(HsmError::KeyUsageNotPermitted {
                 operation: if usage == KeyUsage::Encrypt {
@@ -86,10 +100,30 @@ fn ready<'a, T: Send + 'a>(served: Served<T>) -> ServedFuture<'a, T> {
 }
 
 impl KeyBackend for MemoryBackend {
-    fn key_metadata(&self, key: ExternalKeyId, _: Instant) -> ServedFuture<'_, KeyMetadata> {
+    fn key_versions(&self, key: ExternalKeyId, _: Instant) -> ServedFuture<'_, Arc<[KeyVersion]>> {
+        ready(self.answer(|| {
+            let mut versions: Vec<KeyVersion> = self
+                .keys
+                .lock()
+                .keys()
+                .filter_map(|label| parse_token_label(label))
+                .filter(|found| found.id == key)
+                .map(|found| found.version)
+                .collect();
+            versions.sort_unstable();
+            if versions.is_empty() {
+                return Err(HsmError::KeyNotFound);
+            }
+            Ok(versions.into())
+        }))
+    }
+
+    fn forget_key_versions(&self) {}
+
+    fn key_metadata(&self, key: VersionedKey, _: Instant) -> ServedFuture<'_, KeyMetadata> {
         ready(self.answer(|| {
             let keys = self.keys.lock();
-            let found = keys.get(key.as_str()).ok_or(HsmError::KeyNotFound)?;
+            let found = keys.get(&token_label(&key)).ok_or(HsmError::KeyNotFound)?;
             Ok(KeyMetadata {
                 spec: KeySpec::Aes256,
                 usages: found.usages.clone(),
@@ -100,7 +134,7 @@ impl KeyBackend for MemoryBackend {
 
     fn encrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: EncryptRequest,
         _: Instant,
     ) -> ServedFuture<'_, GcmCiphertext> {
@@ -128,7 +162,7 @@ impl KeyBackend for MemoryBackend {
 
     fn decrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: DecryptRequest,
         _: Instant,
     ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::config::HsmMemberSettings;
 use crate::hsm::HsmObserver;
-use crate::xks::ExternalKeyId;
+use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// How often members that are out get their deep check.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -279,7 +279,63 @@ fn probe_out_members(members: &[FleetMember]) {
 }
 
 impl KeyBackend for FleetBackend {
-    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
+    /// The versions every available member holds: a version `keys rotate` has put into only
+    /// some members yet is not used to encrypt, so any member can decrypt what was encrypted.
+    /// Members that cannot answer (out, busy) are left out of the vote; if none can, the first
+    /// error is the answer.
+    fn key_versions(
+        &self,
+        key: ExternalKeyId,
+        deadline: Instant,
+    ) -> ServedFuture<'_, Arc<[KeyVersion]>> {
+        // Queued together, so members look their versions up concurrently; usually every
+        // future is ready at once from the members' caches.
+        let asks: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| !m.is_out())
+            .map(|m| m.backend.key_versions(key.clone(), deadline))
+            .collect();
+        Box::pin(async move {
+            let mut common: Option<Vec<KeyVersion>> = None;
+            let mut first_error = None;
+            for ask in asks {
+                match ask.await {
+                    Ok(versions) => {
+                        common = Some(match common {
+                            None => versions.to_vec(),
+                            Some(mut held) => {
+                                held.retain(|v| versions.contains(v));
+                                held
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                    }
+                }
+            }
+            let result = match (common, first_error) {
+                (Some(held), _) if !held.is_empty() => Ok(held.into()),
+                // Members disagree so much that no version is everywhere.
+                (Some(_), _) => Err(HsmError::KeyNotFound),
+                (None, Some(err)) => Err(err),
+                (None, None) => Err(HsmError::Unavailable("no HSM member available".into())),
+            };
+            Served {
+                result,
+                member: None,
+            }
+        })
+    }
+
+    fn forget_key_versions(&self) {
+        for member in self.members.iter() {
+            member.backend.forget_key_versions();
+        }
+    }
+
+    fn key_metadata(&self, key: VersionedKey, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
         self.route(deadline, move |backend| {
             backend.key_metadata(key.clone(), deadline)
         })
@@ -287,7 +343,7 @@ impl KeyBackend for FleetBackend {
 
     fn encrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: EncryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, GcmCiphertext> {
@@ -302,7 +358,7 @@ impl KeyBackend for FleetBackend {
 
     fn decrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: DecryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {

@@ -14,6 +14,7 @@ pub mod pkcs11;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use zeroize::Zeroizing;
@@ -22,7 +23,7 @@ pub use error::{HsmError, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 pub use fleet::{FleetBackend, FleetMember};
 pub use observer::{HsmObserver, NoObserver};
 
-use crate::xks::ExternalKeyId;
+use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// Length of the GCM IV the proxy generates for every encryption (E-11).
 pub const GCM_IV_LEN: usize = 12;
@@ -64,14 +65,27 @@ impl<T> Served<T> {
 /// Every call carries the request's `deadline`: an implementation gives up waiting for a
 /// session or the device once it has passed and answers [`HsmError::Timeout`].
 pub trait KeyBackend: Send + Sync + 'static {
-    /// Reads the key's real attributes (GetKeyMetadata, K-1…10).
-    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata>;
+    /// The versions of `key` that can serve, oldest first; never empty (no version at all is
+    /// [`HsmError::KeyNotFound`]). Answered from a cache once the key is known: callers ask
+    /// on every Encrypt to pick the newest version.
+    fn key_versions(
+        &self,
+        key: ExternalKeyId,
+        deadline: Instant,
+    ) -> ServedFuture<'_, Arc<[KeyVersion]>>;
+
+    /// Forgets every cached list of versions (a configuration reload), so that versions made
+    /// since by `keys rotate` are used from the next request on. Key handles stay cached.
+    fn forget_key_versions(&self);
+
+    /// Reads the key version's real attributes (GetKeyMetadata, K-1…10).
+    fn key_metadata(&self, key: VersionedKey, deadline: Instant) -> ServedFuture<'_, KeyMetadata>;
 
     /// AES-256-GCM encryption under a fresh random 12-byte IV chosen by the backend (E-11);
     /// callers cannot supply an IV, so IV reuse is impossible by construction.
     fn encrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: EncryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, GcmCiphertext>;
@@ -79,7 +93,7 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// AES-GCM decryption and tag verification.
     fn decrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: DecryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, Zeroizing<Vec<u8>>>;

@@ -81,6 +81,13 @@ pub(super) struct AuditRecord {
     pub(super) aad_bytes: Option<usize>,
     /// The HSM member that served the request.
     pub(super) hsm_member: Option<String>,
+    /// The key version used (Encrypt, Decrypt, GetKeyMetadata).
+    pub(super) key_version: Option<u32>,
+    /// What refused the request besides an error of the HSM, e.g. `kill_switch`.
+    pub(super) refused_by: Option<&'static str>,
+    /// On a key store migrated from AWS's sample proxy: which AAD format opened the
+    /// ciphertext (`aws_sample` or `spec`).
+    pub(super) ciphertext_format: Option<&'static str>,
     /// Whether the request passed SigV4 (not logged: `auth_failure` and `status` say it).
     pub(super) authenticated: bool,
 }
@@ -144,6 +151,9 @@ impl AuditRecord {
             aad_bytes = self.aad_bytes,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             hsm_member = self.hsm_member.as_deref(),
+            key_version = self.key_version,
+            refused_by = self.refused_by,
+            ciphertext_format = self.ciphertext_format,
             "xks request"
         );
         metrics.request_finished(
@@ -231,6 +241,9 @@ impl AuditRecord {
             data_bytes,
             aad_bytes,
             hsm_member,
+            key_version,
+            refused_by,
+            ciphertext_format,
             authenticated,
         } = later;
         self.key_store = key_store.or(self.key_store.take());
@@ -241,6 +254,9 @@ impl AuditRecord {
         self.data_bytes = data_bytes.or(self.data_bytes);
         self.aad_bytes = aad_bytes.or(self.aad_bytes);
         self.hsm_member = hsm_member.or(self.hsm_member.take());
+        self.key_version = key_version.or(self.key_version);
+        self.refused_by = refused_by.or(self.refused_by);
+        self.ciphertext_format = ciphertext_format.or(self.ciphertext_format);
         self.authenticated |= authenticated;
     }
 }

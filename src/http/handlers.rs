@@ -171,7 +171,7 @@ async fn dispatch(
             let req = KeyMetadataRequest::parse(body)?;
             audit.metadata = Some(req.metadata);
             served_key(store, api, &key)?;
-            operations::key_metadata(state, key, deadline, audit).await
+            operations::key_metadata(state, api, key, deadline, audit).await
         }
         Operation::Encrypt(key) => {
             let req = EncryptRequest::parse(body)?;
@@ -187,7 +187,7 @@ async fn dispatch(
             audit.data_bytes = Some(req.ciphertext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            operations::decrypt(state, api, key, req, deadline, audit).await
+            operations::decrypt(state, api, store, key, req, deadline, audit).await
         }
     }
 }

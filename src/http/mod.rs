@@ -37,7 +37,7 @@ pub use error::{ApiError, json_response};
 pub use routing::{Operation, RouteTable};
 
 use crate::auth::CredentialStore;
-use crate::config::{KeyStoreSettings, Limits, Settings};
+use crate::config::{KeyControls, KeyStoreSettings, Limits, Settings};
 use crate::health::HealthService;
 use crate::hsm::KeyBackend;
 use crate::metrics::Metrics;
@@ -68,6 +68,8 @@ pub struct ApiConfig {
     /// How long a client may take to send the request body.
     body_timeout: Duration,
     health_key: ExternalKeyId,
+    /// The `[[keys]]` kill switch.
+    keys: KeyControls,
 }
 
 /// A logical key store at runtime (URI-3).
@@ -134,6 +136,7 @@ impl ApiConfig {
             request_timeout: settings.server.request_timeout,
             body_timeout: settings.server.body_timeout,
             health_key: settings.hsm.primary().health_key_label.clone(),
+            keys: settings.keys.clone(),
         }
     }
 }
@@ -181,6 +184,8 @@ impl AppState {
         let config = ApiConfig::build(settings, Some(&self.api.load()));
         config.publish_credential_counts(&self.metrics);
         self.api.store(Arc::new(config));
+        // `keys rotate` may have made versions since: look again from the next request on.
+        self.backend.forget_key_versions();
     }
 
     /// The process's metrics.

@@ -11,13 +11,13 @@ use zeroize::Zeroizing;
 
 use super::audit::AuditRecord;
 use super::error::{ApiError, json_response};
-use super::{ApiConfig, AppState};
-use crate::hsm::{self, GCM_TAG_LEN, HsmError, Served};
-use crate::xks::framing::{self, MAX_CIPHERTEXT_METADATA_LEN};
+use super::{ApiConfig, AppState, KeyStore};
+use crate::hsm::{self, GCM_TAG_LEN, HsmError, KeyStatus, Served};
+use crate::xks::framing::{self, CiphertextMetadata, MAX_CIPHERTEXT_METADATA_LEN};
 use crate::xks::wire::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, KeyMetadataResponse, b64,
 };
-use crate::xks::{ErrorName, ExternalKeyId, XksError};
+use crate::xks::{ErrorName, ExternalKeyId, KeyVersion, VersionedKey, XksError};
 
 /// Records which HSM member served a backend call (none when it never reached one) and
 /// passes its result on.
@@ -35,13 +35,29 @@ pub(super) fn ok_json<T: serde::Serialize>(value: &T) -> Response {
     }
 }
 
+/// GetKeyMetadata of the version that encrypts: the newest one the kill switch leaves
+/// enabled. `DISABLED` when `[[keys]]` turns the key off or disables every version (K-6).
 pub(super) async fn key_metadata(
     state: &AppState,
+    api: &ApiConfig,
     key: ExternalKeyId,
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let meta = served_by(audit, state.backend.key_metadata(key, deadline).await)?;
+    let versions = served_by(audit, state.backend.key_versions(key.clone(), deadline).await)?;
+    let encrypting = newest_enabled(api, &key, &versions);
+    let Some(version) = encrypting.or_else(|| versions.last().copied()) else {
+        return Err(HsmError::KeyNotFound.into());
+    };
+    audit.key_version = Some(version.get());
+    let versioned = VersionedKey::new(key, version);
+    let served = state.backend.key_metadata(versioned.clone(), deadline).await;
+    let meta = served_by(audit, served)?;
+    let status = if api.keys.key_enabled(&versioned.id) && encrypting.is_some() {
+        meta.status
+    } else {
+        KeyStatus::Disabled
+    };
     Ok(ok_json(&KeyMetadataResponse {
         key_spec: meta.spec.as_str().to_owned(),
         // K-5: at most 10 values; PKCS#11 yields at most 7.
@@ -51,9 +67,46 @@ pub(super) async fn key_metadata(
             .take(10)
             .map(|u| u.as_str().to_owned())
             .collect(),
-        key_status: meta.status.as_str().to_owned(),
+        key_status: status.as_str().to_owned(),
     }))
 }
+
+/// The newest of `versions` (oldest first) that `[[keys]]` does not disable.
+fn newest_enabled(api: &ApiConfig, key: &ExternalKeyId, versions: &[KeyVersion]) -> Option<KeyVersion> {
+    versions
+        .iter()
+        .rev()
+        .copied()
+        .find(|v| api.keys.version_enabled(key, *v))
+}
+
+/// Refuses a request the `[[keys]]` kill switch stops (K-7): the whole key, or `version` of
+/// it. The audit line says so and a metric counts it.
+fn kill_switch(
+    state: &AppState,
+    api: &ApiConfig,
+    key: &ExternalKeyId,
+    version: Option<KeyVersion>,
+    audit: &mut AuditRecord,
+) -> Result<(), ApiError> {
+    let message = if !api.keys.key_enabled(key) {
+        "the key is disabled at the proxy (kill switch)".to_owned()
+    } else if let Some(version) = version.filter(|v| !api.keys.version_enabled(key, *v)) {
+        format!("key version {} is disabled at the proxy (kill switch)", version.get())
+    } else {
+        return Ok(());
+    };
+    audit.refused_by = Some(KILL_SWITCH);
+    state.metrics.kill_switch_refused(
+        audit.key_store.as_deref().unwrap_or_default(),
+        audit.operation.unwrap_or_default(),
+        key.as_str(),
+    );
+    Err(XksError::new(ErrorName::InvalidStateException, message).into())
+}
+
+/// `refused_by` of an audit line for a request the kill switch stopped.
+const KILL_SWITCH: &str = "kill_switch";
 
 fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), XksError> {
     let limits = &api.limits;
@@ -72,6 +125,8 @@ fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), X
     Ok(())
 }
 
+/// Encrypt under the newest version the kill switch leaves enabled; the version travels in
+/// `ciphertextMetadata` (bound into the AAD) so that Decrypt finds it again.
 pub(super) async fn encrypt(
     state: &AppState,
     api: &ApiConfig,
@@ -85,9 +140,26 @@ pub(super) async fn encrypt(
         return Err(XksError::validation("plaintext must not be empty").into());
     }
     check_sizes(api, req.plaintext.len(), req.aad.len())?;
-    // No ciphertextMetadata is emitted: the AAD carries a zero metadata length (AAD-2).
+    kill_switch(state, api, &key, None, audit)?;
+    let versions = served_by(audit, state.backend.key_versions(key.clone(), deadline).await)?;
+    let Some(version) = newest_enabled(api, &key, &versions) else {
+        audit.refused_by = Some(KILL_SWITCH);
+        state.metrics.kill_switch_refused(
+            audit.key_store.as_deref().unwrap_or_default(),
+            audit.operation.unwrap_or_default(),
+            key.as_str(),
+        );
+        return Err(XksError::new(
+            ErrorName::InvalidStateException,
+            "every version of the key is disabled at the proxy (kill switch)",
+        )
+        .into());
+    };
+    audit.key_version = Some(version.get());
+    let metadata = framing::key_version_metadata(version);
     let ekm_aad =
-        framing::ekm_aad(&req.aad, &[]).map_err(|e| XksError::unsupported(e.to_string()))?;
+        framing::ekm_aad(&req.aad, &metadata).map_err(|e| XksError::unsupported(e.to_string()))?;
+    let key = VersionedKey::new(key, version);
     let plaintext = req.plaintext;
     let request = hsm::EncryptRequest {
         plaintext: plaintext.clone(),
@@ -97,7 +169,13 @@ pub(super) async fn encrypt(
     let sealed = served_by(audit, served)?;
     let cdiv = if req.want_cdiv {
         // CDIV-6/7: hash the HSM's output first, then prove it decrypts.
-        let cdiv = framing::cdiv_sha256(&req.aad, &[], &sealed.iv, &sealed.ciphertext, &sealed.tag);
+        let cdiv = framing::cdiv_sha256(
+            &req.aad,
+            &metadata,
+            &sealed.iv,
+            &sealed.ciphertext,
+            &sealed.tag,
+        );
         verify_decryptable(state, key, &sealed, ekm_aad, &plaintext, deadline).await?;
         Some(b64(&cdiv))
     } else {
@@ -105,7 +183,7 @@ pub(super) async fn encrypt(
     };
     Ok(ok_json(&EncryptResponse {
         ciphertext: b64(&sealed.ciphertext),
-        ciphertext_metadata: None,
+        ciphertext_metadata: Some(b64(&metadata)),
         initialization_vector: b64(&sealed.iv),
         authentication_tag: b64(&sealed.tag),
         ciphertext_data_integrity_value: cdiv,
@@ -115,7 +193,7 @@ pub(super) async fn encrypt(
 /// The verification decrypt of CDIV-6 through the same path as XKS Decrypt.
 async fn verify_decryptable(
     state: &AppState,
-    key: ExternalKeyId,
+    key: VersionedKey,
     sealed: &hsm::GcmCiphertext,
     ekm_aad: Vec<u8>,
     plaintext: &[u8],
@@ -142,9 +220,13 @@ async fn verify_decryptable(
     }
 }
 
+/// Decrypt with the key version `ciphertextMetadata` names (version 1 when it names none).
+/// On a key store migrated from AWS's sample proxy, a request carrying the sample's static
+/// metadata is first tried in the sample's AAD format, then in the spec's.
 pub(super) async fn decrypt(
     state: &AppState,
     api: &ApiConfig,
+    store: &KeyStore,
     key: ExternalKeyId,
     req: DecryptRequest,
     deadline: Instant,
@@ -171,15 +253,81 @@ pub(super) async fn decrypt(
         return Err(XksError::validation("ciphertext must not be empty").into());
     }
     check_sizes(api, req.ciphertext.len(), req.aad.len())?;
-    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
-    let request = hsm::DecryptRequest {
-        ciphertext: req.ciphertext,
-        iv: req.iv,
+    let version = CiphertextMetadata::parse(&req.ciphertext_metadata).version();
+    kill_switch(state, api, &key, Some(version), audit)?;
+    let sample = store
+        .settings
+        .aws_sample_migration
+        .as_ref()
+        .is_some_and(|m| m.ciphertext_metadata == req.ciphertext_metadata);
+    let request = |aad| hsm::DecryptRequest {
+        ciphertext: req.ciphertext.clone(),
+        iv: req.iv.clone(),
         tag,
-        aad: ekm_aad,
+        aad,
     };
-    let plaintext = served_by(audit, state.backend.decrypt(key, request, deadline).await)?;
-    Ok(ok_json(&DecryptResponse {
-        plaintext: Zeroizing::new(b64(&plaintext)),
-    }))
+    let store_name = store.settings.name.as_str();
+    if sample {
+        // The sample's keys are version 1: the object labelled with the key id.
+        kill_switch(state, api, &key, Some(KeyVersion::FIRST), audit)?;
+        let aad = req.aad_present.then_some(req.aad.as_slice());
+        let sample_aad = framing::aws_sample_aad(aad, &req.ciphertext_metadata)?;
+        let first = VersionedKey::first(key.clone());
+        let served = state.backend.decrypt(first, request(sample_aad), deadline).await;
+        match served_by(audit, served) {
+            Ok(plaintext) => {
+                audit.key_version = Some(KeyVersion::FIRST.get());
+                audit.ciphertext_format = Some(AWS_SAMPLE_FORMAT);
+                state.metrics.aws_sample_decrypt(store_name, AWS_SAMPLE_FORMAT);
+                return Ok(plaintext_response(&plaintext));
+            }
+            // Not the sample's: one of ours (or of the spec's format) after all.
+            Err(HsmError::InvalidCiphertext) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    audit.key_version = Some(version.get());
+    let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
+    let versioned = VersionedKey::new(key, version);
+    let served = state.backend.decrypt(versioned.clone(), request(ekm_aad), deadline).await;
+    match served_by(audit, served) {
+        Ok(plaintext) => {
+            if sample {
+                audit.ciphertext_format = Some(SPEC_FORMAT);
+                state.metrics.aws_sample_decrypt(store_name, SPEC_FORMAT);
+            }
+            Ok(plaintext_response(&plaintext))
+        }
+        Err(HsmError::KeyNotFound) => Err(missing_version(state, versioned, deadline).await),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// `ciphertext_format` of a Decrypt the sample proxy's AAD opened.
+const AWS_SAMPLE_FORMAT: &str = "aws_sample";
+/// `ciphertext_format` of a Decrypt on a migration store that the spec's AAD opened.
+const SPEC_FORMAT: &str = "spec";
+
+fn plaintext_response(plaintext: &[u8]) -> Response {
+    ok_json(&DecryptResponse {
+        plaintext: Zeroizing::new(b64(plaintext)),
+    })
+}
+
+/// The HSM holds no object for `key`: if it holds other versions of the key, the ciphertext
+/// names a version that was never made or was destroyed (InvalidCiphertextException); if it
+/// holds none, the key itself is missing (KeyNotFoundException).
+async fn missing_version(state: &AppState, key: VersionedKey, deadline: Instant) -> ApiError {
+    match state.backend.key_versions(key.id, deadline).await.result {
+        Ok(_) => XksError::new(
+            ErrorName::InvalidCiphertextException,
+            format!(
+                "the ciphertext was made with key version {}, which the HSM does not hold \
+                 (never created, or destroyed)",
+                key.version.get()
+            ),
+        )
+        .into(),
+        Err(_) => HsmError::KeyNotFound.into(),
+    }
 }

@@ -180,6 +180,7 @@ async fn a_round_trip_through_the_whole_pipeline() {
         .await;
     assert_eq!(status, StatusCode::OK, "{sealed}");
     let decrypt = json!({"requestMetadata": metadata("Decrypt"), "ciphertext": sealed["ciphertext"],
+        "ciphertextMetadata": sealed["ciphertextMetadata"],
         "initializationVector": sealed["initializationVector"],
         "authenticationTag": sealed["authenticationTag"], "encryptionAlgorithm": "AES_GCM",
         "additionalAuthenticatedData": b64(b"aad")});

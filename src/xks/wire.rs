@@ -103,6 +103,9 @@ pub struct DecryptRequest {
     pub ciphertext_metadata: Vec<u8>,
     /// Raw request AAD (empty when absent).
     pub aad: Vec<u8>,
+    /// Whether the request carried `additionalAuthenticatedData` at all, even empty: the spec's
+    /// AAD does not tell (AAD-2), but AWS's sample proxy framed the two differently.
+    pub aad_present: bool,
     /// The IV as sent; its length is checked by the caller (D-6).
     pub iv: Vec<u8>,
     /// The tag as sent; its length is checked by the caller (D-7).
@@ -174,11 +177,13 @@ impl DecryptRequest {
         let root = object(body)?;
         let metadata = request_metadata(&root, Required::Crypto)?;
         expect_algorithm(&root)?;
+        let aad = optional_b64(&root, "additionalAuthenticatedData")?;
         Ok(Self {
             metadata,
             ciphertext: required_b64(&root, "ciphertext")?,
             ciphertext_metadata: optional_b64(&root, "ciphertextMetadata")?.unwrap_or_default(),
-            aad: optional_b64(&root, "additionalAuthenticatedData")?.unwrap_or_default(),
+            aad_present: aad.is_some(),
+            aad: aad.unwrap_or_default(),
             iv: required_b64(&root, "initializationVector")?,
             tag: required_b64(&root, "authenticationTag")?,
         })

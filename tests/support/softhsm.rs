@@ -21,7 +21,7 @@ use secrecy::SecretString;
 use xks_proxy::config::{HsmSettings, TokenSelector};
 use xks_proxy::hsm::KeyUsage;
 use xks_proxy::hsm::pkcs11::Pkcs11Backend;
-use xks_proxy::xks::ExternalKeyId;
+use xks_proxy::xks::{ExternalKeyId, VersionedKey};
 
 use super::binary::BIN;
 use super::isolation;
@@ -165,6 +165,11 @@ pub fn hsm_settings(sessions: usize, queue_depth: usize) -> HsmSettings {
 /// Parses a key id.
 pub fn key_id(label: &str) -> ExternalKeyId {
     ExternalKeyId::parse(label).expect("valid key id")
+}
+
+/// Version 1 of a key: the object labelled with the key id itself.
+pub fn v1(label: &str) -> VersionedKey {
+    VersionedKey::first(key_id(label))
 }
 
 /// A deadline far enough away for any single test operation.

@@ -24,7 +24,7 @@ use crate::hsm::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
     KeyStatus, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier,
 };
-use crate::xks::ExternalKeyId;
+use crate::xks::VersionedKey;
 
 /// Tag length in bits, as `CK_GCM_PARAMS.ulTagBits` wants it.
 const TAG_BITS: u64 = (GCM_TAG_LEN * 8) as u64;
@@ -37,7 +37,7 @@ const HEALTH_AAD: &[u8] = b"xks-proxy health";
 pub(super) fn encrypt(
     session: &Session,
     shared: &Shared,
-    key: &ExternalKeyId,
+    key: &VersionedKey,
     request: &EncryptRequest,
 ) -> Result<GcmCiphertext, HsmError> {
     let op = Operation::Encrypt;
@@ -58,7 +58,7 @@ pub(super) fn encrypt(
 pub(super) fn decrypt(
     session: &Session,
     shared: &Shared,
-    key: &ExternalKeyId,
+    key: &VersionedKey,
     request: &DecryptRequest,
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     let op = Operation::Decrypt;
@@ -88,7 +88,7 @@ pub(super) fn decrypt(
 pub(super) fn metadata(
     session: &Session,
     shared: &Shared,
-    key: &ExternalKeyId,
+    key: &VersionedKey,
 ) -> Result<KeyMetadata, HsmError> {
     let op = Operation::Metadata;
     with_key(session, shared, key, op, |key| {
@@ -104,7 +104,7 @@ pub(super) fn metadata(
 /// dedicated health key, compares, then reads the token identity.
 pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenIdentity, HsmError> {
     let op = Operation::Health;
-    let label = &shared.health_key;
+    let label = &VersionedKey::first(shared.health_key.clone());
     let observer = &*shared.observer;
     let sealed = with_key(session, shared, label, op, |key| {
         key.info.require_aes_256()?;

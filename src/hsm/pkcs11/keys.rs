@@ -1,11 +1,13 @@
 //! Key lookup by `CKA_LABEL` and the shared handle cache (checklist URI-7, URI-8, K-2…K-4).
 //!
-//! An external key id names the one *private* token object whose `CKA_LABEL` equals it. No
-//! match is [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never
+//! A key version names the one *private* token object whose `CKA_LABEL` is its token label
+//! ([`crate::hsm::labels`]: the external key id itself for version 1). No match is
+//! [`HsmError::KeyNotFound`], several are [`HsmError::AmbiguousKey`]: the proxy never
 //! guesses. Token object handles are valid in every session of the application, so found
-//! handles are cached by label together with the immutable class, key type and size. A cached
-//! handle that the HSM rejects as invalid is dropped and the lookup repeated once
-//! ([`with_key`]).
+//! handles are cached by key version together with the immutable class, key type and size,
+//! and each key's list of versions is cached for [`VERSIONS_TTL`]: requests never search the
+//! token once a key is known. A cached handle that the HSM rejects as invalid is dropped and
+//! the lookup repeated once ([`with_key`]).
 //!
 //! Key hygiene ("key squatting"): anyone who can open a session on the token can create a
 //! public object (`CKA_PRIVATE=false`) without the PIN, e.g. a secret key whose value they
@@ -17,6 +19,8 @@
 //! already does: a cached key costs no extra PKCS#11 call per request.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cryptoki::context::Function;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -29,7 +33,13 @@ use super::key_info::{KeyInfo, KeyProtection};
 use super::timing::call;
 use crate::hsm::HsmObserver;
 use crate::hsm::{HsmError, KeyUsage, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
-use crate::xks::ExternalKeyId;
+use crate::hsm::labels::{parse_token_label, token_label, versions_id};
+use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
+
+/// How long a key's list of versions is trusted before the next request that needs it looks
+/// again: a version made by `keys rotate` starts encrypting within this time even without a
+/// reload (a reload forgets every list at once).
+pub(super) const VERSIONS_TTL: Duration = Duration::from_secs(60);
 
 /// A cached lookup result.
 #[derive(Debug, Clone, Copy)]
@@ -40,14 +50,23 @@ pub(super) struct CachedKey {
     pub(super) info: KeyInfo,
 }
 
-/// Handles of token keys by label, shared by all workers.
+/// The servable versions of one key, oldest first, and when they were looked up.
+#[derive(Debug, Clone)]
+struct Versions {
+    versions: Arc<[KeyVersion]>,
+    found_at: Instant,
+}
+
+/// Handles of token keys by key version, and each key's list of versions; shared by all
+/// workers.
 #[derive(Debug, Default)]
 pub(super) struct KeyCache {
-    map: RwLock<HashMap<ExternalKeyId, CachedKey>>,
+    map: RwLock<HashMap<VersionedKey, CachedKey>>,
+    versions: RwLock<HashMap<ExternalKeyId, Versions>>,
 }
 
 impl KeyCache {
-    /// The cached key for `label`, or a fresh lookup on `session` that fills the cache.
+    /// The cached key for `key`, or a fresh lookup on `session` that fills the cache.
     ///
     /// Only a key that passes the hygiene check ([`KeyProtection::is_servable`]) is cached
     /// and returned; any other answers [`HsmError::KeyNotFound`], logged with the reason once
@@ -56,61 +75,207 @@ impl KeyCache {
         &self,
         session: &Session,
         observer: &dyn HsmObserver,
-        label: &ExternalKeyId,
+        key: &VersionedKey,
         op: Operation,
     ) -> Result<CachedKey, HsmError> {
-        if let Some(key) = self.map.read().get(label) {
-            return Ok(*key);
+        if let Some(cached) = self.map.read().get(key) {
+            return Ok(*cached);
         }
-        let key = find(session, observer, label, op)?;
-        let problems = key.info.protection.problems();
-        if !problems.is_empty() {
-            tracing::warn!(
-                key = %label, operation = op.as_str(), problems = %problems.join(", "),
-                "refusing to serve a key that is not private, sensitive and non-extractable; \
-                 answering KeyNotFound"
-            );
+        let found = find_label(session, observer, &token_label(key), op)?;
+        if !servable(key, &found, op) {
             return Err(HsmError::KeyNotFound);
         }
-        self.map.write().insert(label.clone(), key);
-        Ok(key)
+        self.map.write().insert(key.clone(), found);
+        Ok(found)
     }
 
-    /// Forgets every handle: after a lost login or a device failure a handle number may name
-    /// another object, or none.
+    /// The versions of `id` looked up less than [`VERSIONS_TTL`] ago, if any.
+    pub(super) fn cached_versions(&self, id: &ExternalKeyId) -> Option<Arc<[KeyVersion]>> {
+        let versions = self.versions.read();
+        let entry = versions.get(id)?;
+        (entry.found_at.elapsed() < VERSIONS_TTL).then(|| Arc::clone(&entry.versions))
+    }
+
+    /// The servable versions of `id`, oldest first: from the cache, else found on the token
+    /// (`CKA_LABEL` = id for version 1, `CKA_ID` = id for the others; see
+    /// [`crate::hsm::labels`]). Versions found are also cached as keys. No version at all is
+    /// [`HsmError::KeyNotFound`], and is not cached.
+    pub(super) fn versions(
+        &self,
+        session: &Session,
+        observer: &dyn HsmObserver,
+        id: &ExternalKeyId,
+        op: Operation,
+    ) -> Result<Arc<[KeyVersion]>, HsmError> {
+        if let Some(versions) = self.cached_versions(id) {
+            return Ok(versions);
+        }
+        let found = find_versions(session, observer, id, op)?;
+        let mut keys = self.map.write();
+        let mut versions = Vec::with_capacity(found.len());
+        for (key, cached) in found {
+            if servable(&key, &cached, op) {
+                versions.push(key.version);
+                keys.insert(key, cached);
+            }
+        }
+        drop(keys);
+        if versions.is_empty() {
+            return Err(HsmError::KeyNotFound);
+        }
+        versions.sort_unstable();
+        let versions: Arc<[KeyVersion]> = versions.into();
+        self.versions.write().insert(
+            id.clone(),
+            Versions {
+                versions: Arc::clone(&versions),
+                found_at: Instant::now(),
+            },
+        );
+        Ok(versions)
+    }
+
+    /// Forgets every key's list of versions (a reload: `keys rotate` may have run), keeping
+    /// the handles, which stay valid.
+    pub(super) fn forget_versions(&self) {
+        self.versions.write().clear();
+    }
+
+    /// Forgets every handle and version list: after a lost login or a device failure a
+    /// handle number may name another object, or none.
     pub(super) fn clear(&self) {
         self.map.write().clear();
+        self.versions.write().clear();
     }
 
-    /// Forgets `label` if it still maps to `handle`.
-    pub(super) fn invalidate(&self, label: &ExternalKeyId, handle: ObjectHandle) {
+    /// Forgets `key` if it still maps to `handle`.
+    pub(super) fn invalidate(&self, key: &VersionedKey, handle: ObjectHandle) {
         let mut map = self.map.write();
-        if map.get(label).is_some_and(|key| key.handle == handle) {
-            map.remove(label);
+        if map.get(key).is_some_and(|cached| cached.handle == handle) {
+            map.remove(key);
         }
+        drop(map);
+        // The list may name a version that is gone now.
+        self.versions.write().remove(&key.id);
     }
 }
 
-/// Runs `f` on the key labelled `label`; if the HSM rejects the cached handle as invalid,
-/// forgets it, looks the label up again and runs `f` once more.
+/// The hygiene check of a found key: logs and refuses what is not private, sensitive and
+/// non-extractable.
+fn servable(key: &VersionedKey, found: &CachedKey, op: Operation) -> bool {
+    let problems = found.info.protection.problems();
+    if problems.is_empty() {
+        return true;
+    }
+    tracing::warn!(
+        key = %key.id, version = key.version.get(), operation = op.as_str(),
+        problems = %problems.join(", "),
+        "refusing to serve a key that is not private, sensitive and non-extractable; \
+         answering KeyNotFound"
+    );
+    false
+}
+
+/// Runs `f` on `key`; if the HSM rejects the cached handle as invalid, forgets it, looks the
+/// key up again and runs `f` once more.
 pub(super) fn with_key<T>(
     session: &Session,
     shared: &Shared,
-    label: &ExternalKeyId,
+    key: &VersionedKey,
     op: Operation,
     mut f: impl FnMut(&CachedKey) -> Result<T, HsmError>,
 ) -> Result<T, HsmError> {
     let (cache, observer) = (&shared.keys, &*shared.observer);
-    let key = cache.get(session, observer, label, op)?;
-    match f(&key) {
+    let cached = cache.get(session, observer, key, op)?;
+    match f(&cached) {
         Err(err) if is_stale_handle(&err) => {
-            tracing::info!(key = %label, "cached key handle went stale; looking the key up again");
-            cache.invalidate(label, key.handle);
-            let key = cache.get(session, observer, label, op)?;
-            f(&key)
+            tracing::info!(key = %key.id, version = key.version.get(), "cached key handle went stale; looking the key up again");
+            cache.invalidate(key, cached.handle);
+            let cached = cache.get(session, observer, key, op)?;
+            f(&cached)
         }
         other => other,
     }
+}
+
+/// Every version of `id` on the token, whatever its protection (the caller checks it): the
+/// object labelled `id` (version 1) and the objects with `CKA_ID = id` whose label names a
+/// later version of `id`. A version held by two objects is left out, with a warning.
+fn find_versions(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    id: &ExternalKeyId,
+    op: Operation,
+) -> Result<Vec<(VersionedKey, CachedKey)>, HsmError> {
+    let mut found = Vec::new();
+    match find_label(session, observer, id.as_str(), op) {
+        Ok(first) => found.push((VersionedKey::first(id.clone()), first)),
+        // Version 1 may have been destroyed after a rotation; ambiguity was logged by find.
+        Err(HsmError::KeyNotFound | HsmError::AmbiguousKey { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    let template = [
+        Attribute::Id(versions_id(id)),
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Token(true),
+        Attribute::Private(true),
+    ];
+    let handles = call(observer, "C_FindObjects", op, || {
+        session.find_objects(&template)
+    })?;
+    let mut later: HashMap<KeyVersion, Vec<ObjectHandle>> = HashMap::new();
+    for handle in handles {
+        let label = read_label(session, observer, handle, op)?;
+        let Some(key) = label.as_deref().and_then(parse_token_label) else {
+            continue;
+        };
+        // Version 1 keys made by `keys create` carry CKA_ID = id too; they were found above.
+        if key.id == *id && key.version != KeyVersion::FIRST {
+            later.entry(key.version).or_default().push(handle);
+        }
+    }
+    for (version, handles) in later {
+        match handles.as_slice() {
+            [handle] => found.push((
+                VersionedKey::new(id.clone(), version),
+                CachedKey {
+                    handle: *handle,
+                    info: read_info(session, observer, *handle, op)?,
+                },
+            )),
+            several => tracing::warn!(
+                key = %id, version = version.get(), count = several.len(),
+                "several HSM objects hold one key version; it is not served"
+            ),
+        }
+    }
+    Ok(found)
+}
+
+/// `CKA_LABEL` of an object, if it has one in UTF-8.
+fn read_label(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    handle: ObjectHandle,
+    op: Operation,
+) -> Result<Option<String>, HsmError> {
+    let attributes = call(observer, "C_GetAttributeValue", op, || {
+        session.get_attributes(handle, &[AttributeType::Label])
+    })?;
+    Ok(attributes.into_iter().find_map(|a| match a {
+        Attribute::Label(bytes) => String::from_utf8(bytes).ok(),
+        _ => None,
+    }))
+}
+
+/// [`find_label`] for an external key id (version 1).
+pub(super) fn find(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    label: &ExternalKeyId,
+    op: Operation,
+) -> Result<CachedKey, HsmError> {
+    find_label(session, observer, label.as_str(), op)
 }
 
 /// Finds the one private token object labelled `label` and reads its attributes, whatever
@@ -119,14 +284,14 @@ pub(super) fn with_key<T>(
 /// Public objects are not even considered (`CKA_PRIVATE=true` is part of the search), so a
 /// planted public object can neither be served nor make a real key's label ambiguous. Two
 /// private objects with the label are still [`HsmError::AmbiguousKey`].
-pub(super) fn find(
+pub(super) fn find_label(
     session: &Session,
     observer: &dyn HsmObserver,
-    label: &ExternalKeyId,
+    label: &str,
     op: Operation,
 ) -> Result<CachedKey, HsmError> {
     let template = [
-        Attribute::Label(label.as_str().as_bytes().to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Token(true),
         Attribute::Private(true),
     ];
@@ -159,11 +324,11 @@ pub(super) fn find(
 fn report_public_objects(
     session: &Session,
     observer: &dyn HsmObserver,
-    label: &ExternalKeyId,
+    label: &str,
     op: Operation,
 ) -> Result<(), HsmError> {
     let template = [
-        Attribute::Label(label.as_str().as_bytes().to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Token(true),
         Attribute::Private(false),
     ];

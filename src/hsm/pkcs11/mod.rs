@@ -54,7 +54,7 @@ use crate::hsm::{
     BackendFuture, DecryptRequest, EncryptRequest, GcmCiphertext, HsmError, HsmHealth, KeyBackend,
     KeyMetadata, MemberHealth, MemberStatus, NoObserver, Served, ServedFuture,
 };
-use crate::xks::ExternalKeyId;
+use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// A [`KeyBackend`] on one PKCS#11 token.
 ///
@@ -207,13 +207,39 @@ impl Pkcs11Backend {
 /// The calls themselves, answering a plain `Result`; the [`KeyBackend`] impl below adds the
 /// serving member. A fleet calls these on its members, and tests on a single token.
 impl Pkcs11Backend {
-    /// GetKeyMetadata on this token.
-    pub fn key_metadata(
+    /// The servable versions of `key` on this token, oldest first; answered at once from
+    /// the cache when it knows them.
+    pub fn key_versions(
         &self,
         key: ExternalKeyId,
         deadline: Instant,
-    ) -> BackendFuture<'_, KeyMetadata> {
+    ) -> BackendFuture<'_, Arc<[KeyVersion]>> {
         if let Err(err) = self.customer_key(&key) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        if let Some(versions) = self.shared.keys.cached_versions(&key) {
+            return Box::pin(std::future::ready(Ok(versions)));
+        }
+        self.run(deadline, move |session, shared| {
+            shared
+                .keys
+                .versions(session, &*shared.observer, &key, Operation::Metadata)
+        })
+    }
+
+    /// Forgets every key's cached list of versions, so that versions made since (by
+    /// `keys rotate`) are used from the next request on.
+    pub fn forget_key_versions(&self) {
+        self.shared.keys.forget_versions();
+    }
+
+    /// GetKeyMetadata on this token.
+    pub fn key_metadata(
+        &self,
+        key: VersionedKey,
+        deadline: Instant,
+    ) -> BackendFuture<'_, KeyMetadata> {
+        if let Err(err) = self.customer_key(&key.id) {
             return Box::pin(std::future::ready(Err(err)));
         }
         self.run(deadline, move |session, shared| {
@@ -224,11 +250,11 @@ impl Pkcs11Backend {
     /// AES-256-GCM encryption on this token, under a fresh IV from the OS CSPRNG.
     pub fn encrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: EncryptRequest,
         deadline: Instant,
     ) -> BackendFuture<'_, GcmCiphertext> {
-        if let Err(err) = self.customer_key(&key) {
+        if let Err(err) = self.customer_key(&key.id) {
             return Box::pin(std::future::ready(Err(err)));
         }
         self.run(deadline, move |session, shared| {
@@ -239,11 +265,11 @@ impl Pkcs11Backend {
     /// AES-GCM decryption on this token.
     pub fn decrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: DecryptRequest,
         deadline: Instant,
     ) -> BackendFuture<'_, Zeroizing<Vec<u8>>> {
-        if let Err(err) = self.customer_key(&key) {
+        if let Err(err) = self.customer_key(&key.id) {
             return Box::pin(std::future::ready(Err(err)));
         }
         self.run(deadline, move |session, shared| {
@@ -278,13 +304,25 @@ impl Pkcs11Backend {
 }
 
 impl KeyBackend for Pkcs11Backend {
-    fn key_metadata(&self, key: ExternalKeyId, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
+    fn key_versions(
+        &self,
+        key: ExternalKeyId,
+        deadline: Instant,
+    ) -> ServedFuture<'_, Arc<[KeyVersion]>> {
+        self.served(Self::key_versions(self, key, deadline))
+    }
+
+    fn forget_key_versions(&self) {
+        Self::forget_key_versions(self);
+    }
+
+    fn key_metadata(&self, key: VersionedKey, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
         self.served(Self::key_metadata(self, key, deadline))
     }
 
     fn encrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: EncryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, GcmCiphertext> {
@@ -293,7 +331,7 @@ impl KeyBackend for Pkcs11Backend {
 
     fn decrypt(
         &self,
-        key: ExternalKeyId,
+        key: VersionedKey,
         request: DecryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {
