@@ -10,12 +10,12 @@ use parking_lot::Mutex;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
+use super::labels::{parse_token_label, token_label};
 use super::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, HsmHealth,
     KeyBackend, KeyMetadata, KeySpec, KeyStatus, KeyUsage, MemberHealth, MemberStatus, Served,
     ServedFuture,
 };
-use super::labels::{parse_token_label, token_label};
 use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// The member id every answer of the fake names.
@@ -43,20 +43,32 @@ impl MemoryBackend {
     /// Adds version `version` of an AES-256 key with random material and the given usages,
     /// stored under its token label ([`crate::hsm::labels`]).
     pub(crate) fn with_key_version(self, id: &str, version: u32, usages: &[KeyUsage]) -> Self {
+        let mut material = Zeroizing::new([0u8; 32]);
+        // Test-only code: a machine without an OS RNG cannot run the tests anyway.
+        #[allow(clippy::expect_used)]
+        getrandom::fill(material.as_mut()).expect("OS random number generator");
+        self.with_key_material(id, version, &material, usages)
+    }
+
+    /// Adds version `version` of an AES-256 key with the given material, so that a test can
+    /// make ciphertexts for it independently.
+    pub(crate) fn with_key_material(
+        self,
+        id: &str,
+        version: u32,
+        material: &[u8; 32],
+        usages: &[KeyUsage],
+    ) -> Self {
         #[allow(clippy::expect_used)]
         let key = VersionedKey::new(
             ExternalKeyId::parse(id).expect("a valid test key id"),
             KeyVersion::new(version).expect("versions start at 1"),
         );
         let label = token_label(&key);
-        let mut material = Zeroizing::new([0u8; 32]);
-        // Test-only code: a machine without an OS RNG cannot run the tests anyway.
-        #[allow(clippy::expect_used)]
-        getrandom::fill(material.as_mut()).expect("OS random number generator");
         self.keys.lock().insert(
             label,
             FakeKey {
-                material,
+                material: Zeroizing::new(*material),
                 usages: usages.to_vec(),
             },
         );

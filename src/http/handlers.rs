@@ -179,7 +179,7 @@ async fn dispatch(
             audit.data_bytes = Some(req.plaintext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
-            operations::encrypt(state, api, key, req, deadline, audit).await
+            operations::encrypt(state, api, store, key, req, deadline, audit).await
         }
         Operation::Decrypt(key) => {
             let req = DecryptRequest::parse(body)?;

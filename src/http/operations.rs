@@ -44,14 +44,20 @@ pub(super) async fn key_metadata(
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
-    let versions = served_by(audit, state.backend.key_versions(key.clone(), deadline).await)?;
+    let versions = served_by(
+        audit,
+        state.backend.key_versions(key.clone(), deadline).await,
+    )?;
     let encrypting = newest_enabled(api, &key, &versions);
     let Some(version) = encrypting.or_else(|| versions.last().copied()) else {
         return Err(HsmError::KeyNotFound.into());
     };
     audit.key_version = Some(version.get());
     let versioned = VersionedKey::new(key, version);
-    let served = state.backend.key_metadata(versioned.clone(), deadline).await;
+    let served = state
+        .backend
+        .key_metadata(versioned.clone(), deadline)
+        .await;
     let meta = served_by(audit, served)?;
     let status = if api.keys.key_enabled(&versioned.id) && encrypting.is_some() {
         meta.status
@@ -72,7 +78,11 @@ pub(super) async fn key_metadata(
 }
 
 /// The newest of `versions` (oldest first) that `[[keys]]` does not disable.
-fn newest_enabled(api: &ApiConfig, key: &ExternalKeyId, versions: &[KeyVersion]) -> Option<KeyVersion> {
+fn newest_enabled(
+    api: &ApiConfig,
+    key: &ExternalKeyId,
+    versions: &[KeyVersion],
+) -> Option<KeyVersion> {
     versions
         .iter()
         .rev()
@@ -85,6 +95,7 @@ fn newest_enabled(api: &ApiConfig, key: &ExternalKeyId, versions: &[KeyVersion])
 fn kill_switch(
     state: &AppState,
     api: &ApiConfig,
+    at: (&KeyStore, &str),
     key: &ExternalKeyId,
     version: Option<KeyVersion>,
     audit: &mut AuditRecord,
@@ -92,21 +103,36 @@ fn kill_switch(
     let message = if !api.keys.key_enabled(key) {
         "the key is disabled at the proxy (kill switch)".to_owned()
     } else if let Some(version) = version.filter(|v| !api.keys.version_enabled(key, *v)) {
-        format!("key version {} is disabled at the proxy (kill switch)", version.get())
+        format!(
+            "key version {} is disabled at the proxy (kill switch)",
+            version.get()
+        )
     } else {
         return Ok(());
     };
+    Err(refused_by_switch(state, at, key, message, audit))
+}
+
+/// The InvalidStateException of a kill-switch refusal, audited and counted.
+fn refused_by_switch(
+    state: &AppState,
+    (store, operation): (&KeyStore, &str),
+    key: &ExternalKeyId,
+    message: impl Into<std::borrow::Cow<'static, str>>,
+    audit: &mut AuditRecord,
+) -> ApiError {
     audit.refused_by = Some(KILL_SWITCH);
-    state.metrics.kill_switch_refused(
-        audit.key_store.as_deref().unwrap_or_default(),
-        audit.operation.unwrap_or_default(),
-        key.as_str(),
-    );
-    Err(XksError::new(ErrorName::InvalidStateException, message).into())
+    state
+        .metrics
+        .kill_switch_refused(&store.settings.name, operation, key.as_str());
+    XksError::new(ErrorName::InvalidStateException, message).into()
 }
 
 /// `refused_by` of an audit line for a request the kill switch stopped.
 const KILL_SWITCH: &str = "kill_switch";
+/// Operation names in metrics, as the audit layer writes them.
+const ENCRYPT: &str = "Encrypt";
+const DECRYPT: &str = "Decrypt";
 
 fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), XksError> {
     let limits = &api.limits;
@@ -130,6 +156,7 @@ fn check_sizes(api: &ApiConfig, data_len: usize, aad_len: usize) -> Result<(), X
 pub(super) async fn encrypt(
     state: &AppState,
     api: &ApiConfig,
+    store: &KeyStore,
     key: ExternalKeyId,
     req: EncryptRequest,
     deadline: Instant,
@@ -140,20 +167,15 @@ pub(super) async fn encrypt(
         return Err(XksError::validation("plaintext must not be empty").into());
     }
     check_sizes(api, req.plaintext.len(), req.aad.len())?;
-    kill_switch(state, api, &key, None, audit)?;
-    let versions = served_by(audit, state.backend.key_versions(key.clone(), deadline).await)?;
+    let at = (store, ENCRYPT);
+    kill_switch(state, api, at, &key, None, audit)?;
+    let versions = served_by(
+        audit,
+        state.backend.key_versions(key.clone(), deadline).await,
+    )?;
     let Some(version) = newest_enabled(api, &key, &versions) else {
-        audit.refused_by = Some(KILL_SWITCH);
-        state.metrics.kill_switch_refused(
-            audit.key_store.as_deref().unwrap_or_default(),
-            audit.operation.unwrap_or_default(),
-            key.as_str(),
-        );
-        return Err(XksError::new(
-            ErrorName::InvalidStateException,
-            "every version of the key is disabled at the proxy (kill switch)",
-        )
-        .into());
+        let message = "every version of the key is disabled at the proxy (kill switch)";
+        return Err(refused_by_switch(state, at, &key, message, audit));
     };
     audit.key_version = Some(version.get());
     let metadata = framing::key_version_metadata(version);
@@ -254,12 +276,16 @@ pub(super) async fn decrypt(
     }
     check_sizes(api, req.ciphertext.len(), req.aad.len())?;
     let version = CiphertextMetadata::parse(&req.ciphertext_metadata).version();
-    kill_switch(state, api, &key, Some(version), audit)?;
-    let sample = store
-        .settings
-        .aws_sample_migration
-        .as_ref()
-        .is_some_and(|m| m.ciphertext_metadata == req.ciphertext_metadata);
+    let at = (store, DECRYPT);
+    kill_switch(state, api, at, &key, Some(version), audit)?;
+    // Without an AAD field the sample's framing is byte for byte the spec's
+    // (`00 00 ‖ U8(len) ‖ ctm`), so only requests with one need the sample's own path.
+    let sample = req.aad_present
+        && store
+            .settings
+            .aws_sample_migration
+            .as_ref()
+            .is_some_and(|m| m.ciphertext_metadata == req.ciphertext_metadata);
     let request = |aad| hsm::DecryptRequest {
         ciphertext: req.ciphertext.clone(),
         iv: req.iv.clone(),
@@ -269,16 +295,21 @@ pub(super) async fn decrypt(
     let store_name = store.settings.name.as_str();
     if sample {
         // The sample's keys are version 1: the object labelled with the key id.
-        kill_switch(state, api, &key, Some(KeyVersion::FIRST), audit)?;
+        kill_switch(state, api, at, &key, Some(KeyVersion::FIRST), audit)?;
         let aad = req.aad_present.then_some(req.aad.as_slice());
         let sample_aad = framing::aws_sample_aad(aad, &req.ciphertext_metadata)?;
         let first = VersionedKey::first(key.clone());
-        let served = state.backend.decrypt(first, request(sample_aad), deadline).await;
+        let served = state
+            .backend
+            .decrypt(first, request(sample_aad), deadline)
+            .await;
         match served_by(audit, served) {
             Ok(plaintext) => {
                 audit.key_version = Some(KeyVersion::FIRST.get());
                 audit.ciphertext_format = Some(AWS_SAMPLE_FORMAT);
-                state.metrics.aws_sample_decrypt(store_name, AWS_SAMPLE_FORMAT);
+                state
+                    .metrics
+                    .aws_sample_decrypt(store_name, AWS_SAMPLE_FORMAT);
                 return Ok(plaintext_response(&plaintext));
             }
             // Not the sample's: one of ours (or of the spec's format) after all.
@@ -289,7 +320,10 @@ pub(super) async fn decrypt(
     audit.key_version = Some(version.get());
     let ekm_aad = framing::ekm_aad(&req.aad, &req.ciphertext_metadata)?;
     let versioned = VersionedKey::new(key, version);
-    let served = state.backend.decrypt(versioned.clone(), request(ekm_aad), deadline).await;
+    let served = state
+        .backend
+        .decrypt(versioned.clone(), request(ekm_aad), deadline)
+        .await;
     match served_by(audit, served) {
         Ok(plaintext) => {
             if sample {

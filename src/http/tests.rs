@@ -24,6 +24,8 @@ use crate::hsm::fake::MemoryBackend;
 use crate::hsm::{HsmError, KeyUsage};
 use crate::metrics::Metrics;
 
+mod lifecycle;
+
 const AKID: &str = "AKIAI2SFODNN7EXAMPLE";
 const SECRET: &str = "GfHQzWbmSw4uRGZqKo5nhQKE+ILlcOt7VEqNdWCtuLY=";
 const HOST: &str = "xks.example.com";
@@ -38,11 +40,44 @@ struct Harness {
 
 impl Harness {
     fn new(extra_store: &str) -> Self {
+        let backend = MemoryBackend::default()
+            .with_key("both", &[KeyUsage::Encrypt, KeyUsage::Decrypt])
+            .with_key("enc-only", &[KeyUsage::Encrypt])
+            .with_key("dec-only", &[KeyUsage::Decrypt]);
+        Self::with(extra_store, "", backend)
+    }
+
+    /// The harness over `backend`, with `extra_store` in store `/a` and `tail` (top-level
+    /// tables such as `[[keys]]`) at the end of the configuration.
+    fn with(extra_store: &str, tail: &str, backend: MemoryBackend) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let module = dir.path().join("module.so");
-        std::fs::write(&module, b"x").unwrap();
-        let toml = format!(
-            r#"
+        let settings = settings(dir.path(), extra_store, tail);
+        let backend = Arc::new(backend);
+        let state = Arc::new(AppState::new(
+            &settings,
+            backend.clone(),
+            Arc::new(Metrics::new()),
+        ));
+        Self {
+            backend,
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// Reloads with another `extra_store` and `tail`, as SIGHUP would.
+    fn reconfigure(&self, extra_store: &str, tail: &str) {
+        let settings = settings(self._dir.path(), extra_store, tail);
+        self.state.reconfigure(&settings);
+    }
+}
+
+/// The harness configuration: stores `/a` (with `extra_store`) and `/b`, then `tail`.
+fn settings(dir: &std::path::Path, extra_store: &str, tail: &str) -> crate::config::Settings {
+    let module = dir.join("module.so");
+    std::fs::write(&module, b"x").unwrap();
+    let toml = format!(
+        r#"
 [server]
 listen = "127.0.0.1:0"
 plaintext_behind_load_balancer = true
@@ -64,27 +99,13 @@ allowed_keys = ["both"]
 [[key_stores.credentials]]
 access_key_id = "BBBBBBBBBBBBBBBBBBBBBBBB22"
 secret = "{SECRET}"
+{tail}
 "#
-        );
-        let settings = crate::config::load_from_str(&toml).unwrap();
-        let backend = Arc::new(
-            MemoryBackend::default()
-                .with_key("both", &[KeyUsage::Encrypt, KeyUsage::Decrypt])
-                .with_key("enc-only", &[KeyUsage::Encrypt])
-                .with_key("dec-only", &[KeyUsage::Decrypt]),
-        );
-        let state = Arc::new(AppState::new(
-            &settings,
-            backend.clone(),
-            Arc::new(Metrics::new()),
-        ));
-        Self {
-            backend,
-            state,
-            _dir: dir,
-        }
-    }
+    );
+    crate::config::load_from_str(&toml).unwrap()
+}
 
+impl Harness {
     /// Sends `method path` with `body`, signed with `akid` (when `Some`).
     async fn send(
         &self,

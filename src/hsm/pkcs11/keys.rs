@@ -32,8 +32,8 @@ use super::errors::{Operation, is_stale_handle};
 use super::key_info::{KeyInfo, KeyProtection};
 use super::timing::call;
 use crate::hsm::HsmObserver;
-use crate::hsm::{HsmError, KeyUsage, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 use crate::hsm::labels::{parse_token_label, token_label, versions_id};
+use crate::hsm::{HsmError, KeyUsage, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier};
 use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
 /// How long a key's list of versions is trusted before the next request that needs it looks
