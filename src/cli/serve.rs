@@ -22,7 +22,8 @@ const ADMIN_MAX_CONNECTIONS: usize = 32;
 /// The admin listener's shutdown grace: probes and scrapes are short.
 const ADMIN_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+/// Runs the proxy until SIGINT or SIGTERM; SIGHUP (and, with `[reload] watch_config`, a
+/// change of the file) reloads the configuration.
 pub(super) fn run(config: &Path) -> Result<(), String> {
     // Everything that can be wrong with the configuration is reported before any socket
     // is bound or the HSM is touched.
@@ -116,6 +117,12 @@ impl Running {
             Some(self.logging),
         ));
         tokio::spawn(reload_on_sighup(Arc::clone(&reloader)));
+        if settings.reload.watch_config {
+            tokio::spawn(crate::reload::watch::watch_config(
+                Arc::clone(&reloader),
+                settings.reload.watch_interval,
+            ));
+        }
 
         let (stop, stopped) = watch::channel(false);
         let wait_stop = |mut rx: watch::Receiver<bool>| async move {

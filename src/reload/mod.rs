@@ -7,8 +7,13 @@
 //! What a reload cannot change (listen addresses, TLS on/off, the HSM module, token, PIN and
 //! pool sizes, health reporting, log format) keeps its running value and is named in the log
 //! and in the report as needing a restart.
+//!
+//! Besides SIGHUP and the admin endpoint, [`watch`] reloads when the file changes
+//! (`[reload] watch_config`).
 
-use std::path::PathBuf;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -62,6 +67,11 @@ impl Reloader {
             started: RestartOnly::of(&started),
             serial: Mutex::new(()),
         }
+    }
+
+    /// The configuration file every reload reads.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Reloads; on any error nothing changes and the old configuration keeps serving.
