@@ -94,7 +94,7 @@ async fn key_status(client: &Client, key: &str) -> String {
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let start = Instant::now();
     while !check().await {
