@@ -114,6 +114,18 @@ fn transport(sample: &Sample, out: &mut String, notes: &mut Notes) -> Result<(),
              Plain HTTP is only for a load balancer that terminates TLS in front of the proxy \
              (KMS requires HTTPS); the proxy warns at startup. Prefer [server.tls]",
         );
+        let files = [
+            tls.tls_cert_pem.as_str(),
+            tls.tls_key_pem.as_str(),
+            tls.mtls_client_ca_pem.as_deref().unwrap_or(""),
+            tls.mtls_client_dns_name.as_deref().unwrap_or(""),
+        ];
+        if files.iter().any(|f| !f.trim().is_empty()) {
+            notes.drop(
+                "tls",
+                "security.is_tls_enabled = false in the sample, so its [tls] files never applied",
+            );
+        }
         if sec.is_mtls_enabled {
             notes.drop(
                 "security.is_mtls_enabled",

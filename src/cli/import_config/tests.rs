@@ -155,6 +155,11 @@ fn import_config_without_tls_is_plaintext_and_keeps_an_empty_migration_table() {
     );
     assert!(dropped(&notes, "security.is_mtls_enabled"));
     assert!(dropped(&notes, "pkcs11_logger"));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.kind == Kind::Dropped && n.setting == "tls")
+    );
     for attention in [
         "security.is_tls_enabled",
         "security.is_sigv4_auth_enabled",
