@@ -14,6 +14,7 @@ use crate::hsm::pkcs11::Pkcs11Backend;
 use crate::hsm::{FleetBackend, KeyUsage};
 use crate::xks::ExternalKeyId;
 
+pub mod import_config;
 mod serve;
 
 /// AWS KMS External Key Store proxy: SigV4 + TLS in front, PKCS#11 behind.
@@ -38,6 +39,9 @@ pub enum Command {
     Credentials(CredentialsCommand),
     /// Validate a configuration file and report every error with its field path.
     CheckConfig(ConfigArg),
+    /// Turn another proxy's settings (AWS's sample proxy) into this proxy's configuration,
+    /// listing every setting not carried over.
+    ImportConfig(import_config::ImportConfigArgs),
 }
 
 /// `--config FILE`.
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args.config),
         Command::CheckConfig(args) => check_config(&args.config),
+        Command::ImportConfig(args) => import_config::run(&args),
         Command::Keys(KeysCommand::Create {
             config,
             label,
