@@ -23,7 +23,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{ENV_PREFIX, load, load_from_str, load_hsm};
+pub use load::{ENV_PREFIX, load, load_from_str, load_hsm, load_key_admin};
 pub use restart::RestartOnly;
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
