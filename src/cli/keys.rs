@@ -17,7 +17,6 @@ use zeroize::Zeroizing;
 use super::{ConfigArg, init_cli_logging};
 use crate::config::{self, Hsm, KeyControls};
 use crate::hsm::labels::token_label;
-use crate::hsm::pkcs11::KeyListing;
 use crate::hsm::{FleetBackend, FleetMember, KeyUsage, NoObserver};
 use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 
@@ -295,12 +294,15 @@ fn rotate_key(path: &Path, label: &str, usage: Option<&str>) -> Result<(), Strin
                 member.id()
             )
         })?;
-        held.push((member.id().to_owned(), versions));
+        held.push(listing::MemberKeys {
+            member: member.id().to_owned(),
+            keys: versions,
+        });
     }
     // The newest version anywhere decides both the next number and the usages to copy.
     let newest = held
         .iter()
-        .flat_map(|(_, versions)| versions)
+        .flat_map(|m| &m.keys)
         .filter_map(|key| Some((key.version.as_ref()?.version, key)))
         .max_by_key(|(version, _)| *version);
     let Some((current, newest)) = newest else {
@@ -378,9 +380,4 @@ fn report_rotation(
             key.version, key.id
         );
     }
-}
-
-/// The listing's version number (for sorting and grouping).
-fn version_of(key: &KeyListing) -> Option<KeyVersion> {
-    key.version.as_ref().map(|v| v.version)
 }

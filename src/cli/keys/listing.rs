@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::{load_key_admin, open_fleet, usage_names, version_of};
+use super::{load_key_admin, open_fleet, usage_names};
 use crate::config::KeyControls;
 use crate::hsm::pkcs11::KeyListing;
 use crate::xks::{ExternalKeyId, KeyVersion, VersionedKey};
@@ -25,8 +25,13 @@ struct Row {
     note: String,
 }
 
-/// The keys of one member, under its id.
-pub(super) type MemberKeys = (String, Vec<KeyListing>);
+/// The keys of one member.
+pub(super) struct MemberKeys {
+    /// The member's id.
+    pub(super) member: String,
+    /// Its keys.
+    pub(super) keys: Vec<KeyListing>,
+}
 
 /// `keys list --config path`.
 pub(super) fn list_keys(path: &Path) -> Result<(), String> {
@@ -38,16 +43,19 @@ pub(super) fn list_keys(path: &Path) -> Result<(), String> {
             .backend()
             .list_keys()
             .map_err(|e| format!("member {}: cannot list keys: {e}", member.id()))?;
-        members.push((member.id().to_owned(), keys));
+        members.push(MemberKeys {
+            member: member.id().to_owned(),
+            keys,
+        });
     }
     let rows: Vec<Row> = members
         .iter()
-        .flat_map(|(member, keys)| member_rows(member, keys, &controls))
+        .flat_map(|m| member_rows(&m.member, &m.keys, &controls))
         .collect();
     print_table(&rows);
     let refused = members
         .iter()
-        .flat_map(|(_, keys)| keys)
+        .flat_map(|m| &m.keys)
         .filter(|key| !key.protection.is_servable())
         .count();
     if refused > 0 {
@@ -81,9 +89,10 @@ fn report_consistency(members: &[MemberKeys]) {
         eprintln!("xks-proxy: warning: {warning}");
     }
     eprintln!(
-        "xks-proxy: warning: fleet inconsistent: a request served by a member that lacks a \
-         version fails for ciphertexts made under it; create the missing versions with the same \
-         key material (the vendor's cloning tools) or rotate again"
+        "xks-proxy: warning: fleet inconsistent: a member that lacks a version cannot decrypt \
+         what was encrypted under it; copy the missing versions there with the same key \
+         material (the vendor's cloning tools), or, if no proxy has encrypted under them yet, \
+         disable them in [[keys]] (disabled_versions)"
     );
 }
 
@@ -93,7 +102,7 @@ fn report_consistency(members: &[MemberKeys]) {
 pub(super) fn fleet_warnings(members: &[MemberKeys]) -> Vec<String> {
     let mut warnings = Vec::new();
     for (id, versions) in customer_versions(members) {
-        for (member, _) in members {
+        for MemberKeys { member, .. } in members {
             let missing: Vec<String> = versions
                 .iter()
                 .filter(|(_, holders)| !holders.iter().any(|(m, _)| m == member))
@@ -127,7 +136,11 @@ type Holders<'a> = BTreeMap<KeyVersion, Vec<(&'a str, String)>>;
 
 fn customer_versions(members: &[MemberKeys]) -> BTreeMap<&ExternalKeyId, Holders<'_>> {
     let mut keys: BTreeMap<&ExternalKeyId, Holders<'_>> = BTreeMap::new();
-    for (member, listing) in members {
+    for MemberKeys {
+        member,
+        keys: listing,
+    } in members
+    {
         for key in listing {
             let Some(version) = key.version.as_ref() else {
                 continue;
@@ -273,6 +286,11 @@ fn shown_label(label: &str) -> String {
     } else {
         label.to_owned()
     }
+}
+
+/// The listing's version number (for sorting).
+fn version_of(key: &KeyListing) -> Option<KeyVersion> {
+    key.version.as_ref().map(|v| v.version)
 }
 
 fn print_table(rows: &[Row]) {
