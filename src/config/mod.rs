@@ -191,8 +191,8 @@ pub enum Hsm {
 }
 
 impl Hsm {
-    /// The settings the members share (pool sizes, health key) and the token that `keys
-    /// create`/`keys list` use: the single token, or the first member of a fleet.
+    /// The settings the members share (pool sizes, health key): those of the single token, or
+    /// of the first member of a fleet. (The `keys` commands act on every member.)
     pub fn primary(&self) -> &HsmSettings {
         match self {
             Self::Single(hsm) => hsm,
