@@ -17,6 +17,15 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The `keys list` row whose LABEL column (the fourth) is `label`, split on whitespace:
+/// MEMBER KEY VERSION LABEL SPEC USAGES STATUS, then the words of the NOTE.
+fn list_row(list: &str, label: &str) -> Vec<String> {
+    list.lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|cells| cells.get(3).is_some_and(|cell| cell == label))
+        .unwrap_or_else(|| panic!("{label} not in {list}"))
+}
+
 /// A config for the test token with TLS files that exist.
 fn write_config(dir: &std::path::Path, extra_hsm: &str) -> std::path::PathBuf {
     let ca = support::Ca::new("cli CA");
@@ -147,19 +156,18 @@ fn keys_create_and_list_show_exact_usages() {
     let out = run(&["keys", "list", "--config", config]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = stdout(&out);
-    let line = |label: &str| {
-        list.lines()
-            .find(|l| l.starts_with(&format!("{label} ")))
-            .unwrap_or_else(|| panic!("{label} not in {list}"))
-            .to_owned()
-    };
     assert!(
-        line(&both).contains("AES_256") && line(&both).ends_with("ENCRYPT,DECRYPT"),
-        "{}",
-        line(&both)
+        list.lines().next().unwrap().starts_with("MEMBER"),
+        "header: {list}"
     );
-    assert!(line(&enc).ends_with(" ENCRYPT"), "{}", line(&enc));
-    assert!(line(&none).ends_with(" -"), "{}", line(&none));
+    let row = list_row(&list, &both);
+    assert_eq!(
+        row[1..7],
+        [&both, "1", &both, "AES_256", "ENCRYPT,DECRYPT", "encrypts"],
+        "{row:?}"
+    );
+    assert_eq!(list_row(&list, &enc)[5], "ENCRYPT");
+    assert_eq!(list_row(&list, &none)[5], "-");
     assert!(
         list.contains(softhsm::HEALTH_KEY),
         "health key listed: {list}"
@@ -186,13 +194,10 @@ fn key_hygiene_keys_list_marks_refused_keys() {
     let out = run(&["keys", "list", "--config", config]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = stdout(&out);
-    let line = |label: &str| {
-        list.lines()
-            .find(|l| l.starts_with(&format!("{label} ")))
-            .unwrap_or_else(|| panic!("{label} not in {list}"))
-            .to_owned()
-    };
-    assert!(line(&good).ends_with("ENCRYPT,DECRYPT"), "{}", line(&good));
+    let line = |label: &str| list_row(&list, label).join(" ");
+    assert_eq!(list_row(&list, &good)[5], "ENCRYPT,DECRYPT");
+    assert_eq!(list_row(&list, &squat)[6], "REFUSED");
+    assert_eq!(list_row(&list, &loose)[6], "REFUSED");
     let squat_line = line(&squat);
     assert!(
         squat_line.contains("REFUSED") && squat_line.contains("not private"),

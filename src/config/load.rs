@@ -8,8 +8,8 @@ use std::path::Path;
 use config::{Config, Environment, File, FileFormat};
 
 use super::error::{ConfigError, ConfigErrors, Errors};
-use super::raw::{RawConfig, RawHsmOnly};
-use super::{Hsm, Settings};
+use super::raw::{RawConfig, RawHsmOnly, RawKeyAdmin};
+use super::{Hsm, KeyControls, Settings};
 
 /// Environment variables starting with this prefix override file values: `XKS__HSM__USER_PIN`
 /// sets `hsm.user_pin`.
@@ -36,21 +36,39 @@ pub(super) fn load_with_env(
 /// Loads only the `[hsm]` section of `path` (plus `XKS__HSM__…` overrides): what the `keys`
 /// commands need. Other sections are neither required nor checked.
 pub fn load_hsm(path: &Path) -> Result<Hsm, ConfigErrors> {
-    let env = Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator("__")
-        .separator("__");
-    let source = File::from(path).format(FileFormat::Toml);
-    let raw: RawHsmOnly = Config::builder()
-        .add_source(source)
-        .add_source(env)
-        .build()
-        .and_then(Config::try_deserialize)
-        .map_err(|e| ConfigErrors(vec![deserialize_error(&e)]))?;
+    let raw: RawHsmOnly = read_sections(path)?;
     let mut errors = Errors::default();
     match super::validate::validate_hsm_only(raw, &mut errors) {
         Some(hsm) if errors.0.is_empty() => Ok(hsm),
         _ => Err(ConfigErrors(errors.0)),
     }
+}
+
+/// Loads the `[hsm]` section and the optional `[[keys]]` kill switch of `path` (plus
+/// environment overrides), validated as [`load`] does: what `keys list` and `keys rotate`
+/// need. Other sections are neither required nor checked.
+pub fn load_key_admin(path: &Path) -> Result<(Hsm, KeyControls), ConfigErrors> {
+    let raw: RawKeyAdmin = read_sections(path)?;
+    let mut errors = Errors::default();
+    match super::validate::validate_key_admin(raw, &mut errors) {
+        Some(loaded) if errors.0.is_empty() => Ok(loaded),
+        _ => Err(ConfigErrors(errors.0)),
+    }
+}
+
+/// Deserialises the sections `T` names from `path` plus `XKS__…` overrides; sections `T`
+/// does not name are ignored.
+fn read_sections<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigErrors> {
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__");
+    let source = File::from(path).format(FileFormat::Toml);
+    Config::builder()
+        .add_source(source)
+        .add_source(env)
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| ConfigErrors(vec![deserialize_error(&e)]))
 }
 
 /// Loads a TOML document without environment overrides (tests, `check-config` of a snippet).

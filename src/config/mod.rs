@@ -23,7 +23,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{ENV_PREFIX, load, load_from_str, load_hsm};
+pub use load::{ENV_PREFIX, load, load_from_str, load_hsm, load_key_admin};
 pub use restart::RestartOnly;
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
@@ -191,8 +191,8 @@ pub enum Hsm {
 }
 
 impl Hsm {
-    /// The settings the members share (pool sizes, health key) and the token that `keys
-    /// create`/`keys list` use: the single token, or the first member of a fleet.
+    /// The settings the members share (pool sizes, health key): those of the single token, or
+    /// of the first member of a fleet. (The `keys` commands act on every member.)
     pub fn primary(&self) -> &HsmSettings {
         match self {
             Self::Single(hsm) => hsm,

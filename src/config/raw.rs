@@ -34,6 +34,15 @@ pub(super) struct RawHsmOnly {
     pub(super) hsm: RawHsm,
 }
 
+/// `[hsm]` and the optional `[[keys]]`, every other section ignored (`keys list`, `keys
+/// rotate`: the kill switch says which version encrypts).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawKeyAdmin {
+    pub(super) hsm: RawHsm,
+    #[serde(default)]
+    pub(super) keys: Vec<RawKeyControl>,
+}
+
 /// `[[keys]]`: the per-key kill switch.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

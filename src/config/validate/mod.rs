@@ -15,7 +15,9 @@ use secrecy::SecretString;
 
 use super::error::Errors;
 use super::raw::RawConfig;
-use super::{HealthSettings, Hsm, LogFormat, LoggingSettings, ReloadSettings, Settings};
+use super::{
+    HealthSettings, Hsm, KeyControls, LogFormat, LoggingSettings, ReloadSettings, Settings,
+};
 
 pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> {
     let server = server::validate_server(raw.server, errors);
@@ -45,6 +47,16 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
 /// key stores.
 pub(super) fn validate_hsm_only(raw: super::raw::RawHsmOnly, errors: &mut Errors) -> Option<Hsm> {
     hsm::validate_hsm(raw.hsm, errors)
+}
+
+/// `[hsm]` and `[[keys]]`, for the `keys` commands that show or respect the kill switch.
+pub(super) fn validate_key_admin(
+    raw: super::raw::RawKeyAdmin,
+    errors: &mut Errors,
+) -> Option<(Hsm, KeyControls)> {
+    let hsm = hsm::validate_hsm(raw.hsm, errors);
+    let keys = key_stores::validate_key_controls(raw.keys, hsm.as_ref().map(Hsm::primary), errors);
+    Some((hsm?, keys))
 }
 
 fn validate_reload(raw: &super::raw::RawReload, errors: &mut Errors) -> Option<ReloadSettings> {

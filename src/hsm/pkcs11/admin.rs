@@ -1,6 +1,7 @@
-//! Administrative calls for the CLI: create and list keys, and the health-check key at startup
-//! (XKS spec §"Testing": keys for encrypt/decrypt, encrypt-only, decrypt-only and neither;
-//! checklist H-3, K-3, K-4).
+//! Administrative calls for the CLI: create, rotate and list keys, and the health-check key at
+//! startup (XKS spec §"Testing": keys for encrypt/decrypt, encrypt-only, decrypt-only and
+//! neither; checklist H-3, K-3, K-4). Key versions are named as `crate::hsm::labels` says:
+//! version 1 of `K` is labelled `K`, version `n ≥ 2` is labelled `K#v<n>` with `CKA_ID = K`.
 //!
 //! These calls block and run on the backend's own R/W session, never on the worker pool; do
 //! not call them from an async task. That session is also the long-lived "anchor" that keeps
@@ -8,41 +9,29 @@
 
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use zeroize::{Zeroize, Zeroizing};
 
+mod listing;
+
+pub use listing::KeyListing;
+
 use super::Pkcs11Backend;
-use super::errors::{Operation, fail, is_stale_handle};
-use super::key_info::KeyProtection;
-use super::keys::{self, read_info, read_usages};
+use super::errors::{Operation, fail};
+use super::keys;
 use super::timing::{call, timed};
 use super::token;
 use crate::hsm::HsmObserver;
-use crate::hsm::{HsmError, KeySpec, KeyUsage, Tier};
-use crate::xks::ExternalKeyId;
+use crate::hsm::labels::{token_label, versions_id};
+use crate::hsm::{HsmError, KeyUsage, Tier};
+use crate::xks::{ExternalKeyId, VersionedKey};
 
 /// Length in bytes of the keys the proxy creates (AES-256).
 const AES_256_LEN: u64 = 32;
 
-/// One key on the token, for `keys list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyListing {
-    /// `CKA_LABEL` (lossily decoded if not UTF-8); the external key id.
-    pub label: String,
-    /// Key type and size.
-    pub spec: KeySpec,
-    /// Usage flags that are set, in spec order.
-    pub usages: Vec<KeyUsage>,
-    /// Whether this is the dedicated health-check key, never served to customers.
-    pub health_check: bool,
-    /// How the key is protected; the proxy serves it only if
-    /// [`KeyProtection::is_servable`].
-    pub protection: KeyProtection,
-}
-
 impl Pkcs11Backend {
-    /// Creates an AES-256 token key labelled `label` (blocking).
+    /// Creates an AES-256 token key labelled `label` (blocking): version 1 of `label`.
     ///
     /// The key is `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`,
     /// and neither `CKA_MODIFIABLE` nor `CKA_COPYABLE` where the token knows those attributes;
@@ -52,7 +41,18 @@ impl Pkcs11Backend {
     /// object already carries the label (public objects are never served, so they do not
     /// block it).
     pub fn create_key(&self, label: &ExternalKeyId, usages: &[KeyUsage]) -> Result<(), HsmError> {
-        self.with_admin_session(|session| create(session, &*self.shared.observer, label, usages))
+        self.generate_key_version(&VersionedKey::first(label.clone()), usages)
+    }
+
+    /// Generates version `key.version` of `key.id` inside the token (`C_GenerateKey`;
+    /// blocking), labelled [`crate::hsm::labels::token_label`] with `CKA_ID` = the key id, with the
+    /// attributes and the refusal of [`Pkcs11Backend::create_key`].
+    pub fn generate_key_version(
+        &self,
+        key: &VersionedKey,
+        usages: &[KeyUsage],
+    ) -> Result<(), HsmError> {
+        self.with_admin_session(|session| create(session, &*self.shared.observer, key, usages))
     }
 
     /// Whether a private token object carries `label` (blocking); public objects, which the
@@ -67,6 +67,15 @@ impl Pkcs11Backend {
         })
     }
 
+    /// Whether a private token object carries the label of `key`'s version (blocking),
+    /// whatever its `CKA_ID`; public objects do not count.
+    pub fn key_version_exists(&self, key: &VersionedKey) -> Result<bool, HsmError> {
+        let label = token_label(key);
+        self.with_admin_session(|session| {
+            Ok(!find_private(session, &*self.shared.observer, &label_template(&label))?.is_empty())
+        })
+    }
+
     /// Creates an AES-256 token key labelled `label` from the given key material
     /// (`C_CreateObject` with `CKA_VALUE`; blocking), with the attributes and the refusal of
     /// [`Pkcs11Backend::create_key`]. This is how `keys import` puts the same key into every
@@ -78,12 +87,26 @@ impl Pkcs11Backend {
         value: &Zeroizing<[u8; 32]>,
         usages: &[KeyUsage],
     ) -> Result<(), HsmError> {
+        self.import_key_version(&VersionedKey::first(label.clone()), value, usages)
+    }
+
+    /// Creates version `key.version` of `key.id` from the given key material
+    /// (`C_CreateObject`; blocking), labelled [`crate::hsm::labels::token_label`] with `CKA_ID` = the key
+    /// id, with the attributes and the refusal of [`Pkcs11Backend::create_key`]: how `keys
+    /// rotate` gives every member of a fleet the same new version.
+    pub fn import_key_version(
+        &self,
+        key: &VersionedKey,
+        value: &Zeroizing<[u8; 32]>,
+        usages: &[KeyUsage],
+    ) -> Result<(), HsmError> {
         self.with_admin_session(|session| {
             let observer = &*self.shared.observer;
-            refuse_existing(session, observer, label)?;
-            let mut template = key_template(label, usages);
+            let label = token_label(key);
+            refuse_existing(session, observer, &label)?;
+            let mut template = key_template(&label, versions_id(&key.id), usages);
             template.push(Attribute::Value(value.to_vec()));
-            let created = make_locked(observer, label, "C_CreateObject", &mut template, |t| {
+            let created = make_locked(observer, &label, "C_CreateObject", &mut template, |t| {
                 session.create_object(t)
             });
             for attribute in &mut template {
@@ -95,13 +118,6 @@ impl Pkcs11Backend {
             tracing::info!(key = %label, ?usages, "imported an AES-256 key");
             Ok(())
         })
-    }
-
-    /// Lists the token's keys (secret, private and public; public objects too) sorted by
-    /// label, each with its protection (blocking).
-    pub fn list_keys(&self) -> Result<Vec<KeyListing>, HsmError> {
-        let shared = &self.shared;
-        self.with_admin_session(|session| list(session, &*shared.observer, &shared.health_key))
     }
 
     /// Runs `f` on the admin session, reopening it first if an earlier failure closed it, and
@@ -162,7 +178,7 @@ pub(super) fn ensure_health_key(
             create(
                 session,
                 observer,
-                label,
+                &VersionedKey::first(label.clone()),
                 &[KeyUsage::Encrypt, KeyUsage::Decrypt],
             )?;
             tracing::info!(key = %label, "created the health-check key");
@@ -184,13 +200,14 @@ pub(super) fn ensure_health_key(
 fn create(
     session: &Session,
     observer: &dyn HsmObserver,
-    label: &ExternalKeyId,
+    key: &VersionedKey,
     usages: &[KeyUsage],
 ) -> Result<(), HsmError> {
-    refuse_existing(session, observer, label)?;
-    let mut template = key_template(label, usages);
+    let label = token_label(key);
+    refuse_existing(session, observer, &label)?;
+    let mut template = key_template(&label, versions_id(&key.id), usages);
     template.push(Attribute::ValueLen(AES_256_LEN.into()));
-    make_locked(observer, label, "C_GenerateKey", &mut template, |t| {
+    make_locked(observer, &label, "C_GenerateKey", &mut template, |t| {
         session.generate_key(&Mechanism::AesKeyGen, t)
     })?;
     tracing::info!(key = %label, ?usages, "created an AES-256 key");
@@ -205,7 +222,7 @@ fn create(
 /// and the log says so.
 fn make_locked(
     observer: &dyn HsmObserver,
-    label: &ExternalKeyId,
+    label: &str,
     function: &'static str,
     template: &mut Vec<Attribute>,
     make: impl Fn(&[Attribute]) -> cryptoki::error::Result<ObjectHandle>,
@@ -257,21 +274,43 @@ fn make_locked(
 fn refuse_existing(
     session: &Session,
     observer: &dyn HsmObserver,
-    label: &ExternalKeyId,
+    label: &str,
 ) -> Result<(), HsmError> {
-    match keys::find(session, observer, label, Operation::Admin) {
-        Err(HsmError::KeyNotFound) => Ok(()),
-        Ok(_) | Err(HsmError::AmbiguousKey { .. }) => Err(HsmError::KeyAlreadyExists),
-        Err(err) => Err(err),
+    if find_private(session, observer, &label_template(label))?.is_empty() {
+        Ok(())
+    } else {
+        Err(HsmError::KeyAlreadyExists)
     }
+}
+
+/// Search template for the private token objects labelled `label`. Public objects are left
+/// out: anyone with token access can plant them, so they must neither block nor count as a
+/// key (see `keys`).
+fn label_template(label: &str) -> [Attribute; 3] {
+    [
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+    ]
+}
+
+/// The objects matching `template` (`C_FindObjects`).
+fn find_private(
+    session: &Session,
+    observer: &dyn HsmObserver,
+    template: &[Attribute],
+) -> Result<Vec<ObjectHandle>, HsmError> {
+    call(observer, "C_FindObjects", Operation::Admin, || {
+        session.find_objects(template)
+    })
 }
 
 /// The attributes of every key the proxy makes, but its value or length and the locks
 /// [`make_locked`] adds: a sensitive, non-extractable private AES token key with exactly
-/// `usages`, `CKA_ID` = `CKA_LABEL`.
-fn key_template(label: &ExternalKeyId, usages: &[KeyUsage]) -> Vec<Attribute> {
+/// `usages`, labelled `label` with `CKA_ID` = `cka_id` (the key id, for every version: for
+/// version 1 that is its label, as for every key made before versioning).
+fn key_template(label: &str, cka_id: Vec<u8>, usages: &[KeyUsage]) -> Vec<Attribute> {
     let has = |usage| usages.contains(&usage);
-    let label_bytes = label.as_str().as_bytes().to_vec();
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -286,58 +325,7 @@ fn key_template(label: &ExternalKeyId, usages: &[KeyUsage]) -> Vec<Attribute> {
         Attribute::Sign(has(KeyUsage::Sign)),
         Attribute::Verify(has(KeyUsage::Verify)),
         Attribute::Derive(has(KeyUsage::Derive)),
-        Attribute::Id(label_bytes.clone()),
-        Attribute::Label(label_bytes),
+        Attribute::Id(cka_id),
+        Attribute::Label(label.as_bytes().to_vec()),
     ]
-}
-
-fn list(
-    session: &Session,
-    observer: &dyn HsmObserver,
-    health_key: &ExternalKeyId,
-) -> Result<Vec<KeyListing>, HsmError> {
-    let op = Operation::Admin;
-    let handles = call(observer, "C_FindObjects", op, || {
-        session.find_objects(&[Attribute::Token(true)])
-    })?;
-    let mut listing = Vec::new();
-    for handle in handles {
-        let read = || -> Result<Option<KeyListing>, HsmError> {
-            let info = read_info(session, observer, handle, op)?;
-            let is_key = [
-                ObjectClass::SECRET_KEY,
-                ObjectClass::PRIVATE_KEY,
-                ObjectClass::PUBLIC_KEY,
-            ]
-            .contains(&info.class);
-            if !is_key {
-                return Ok(None);
-            }
-            let label = call(observer, "C_GetAttributeValue", op, || {
-                session.get_attributes(handle, &[AttributeType::Label])
-            })?
-            .into_iter()
-            .find_map(|attribute| match attribute {
-                Attribute::Label(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-                _ => None,
-            })
-            .unwrap_or_default();
-            Ok(Some(KeyListing {
-                health_check: label == health_key.as_str(),
-                label,
-                spec: info.spec(),
-                usages: read_usages(session, observer, handle, op)?,
-                protection: info.protection,
-            }))
-        };
-        match read() {
-            Ok(Some(key)) => listing.push(key),
-            Ok(None) => {}
-            // Deleted since the search: not a key any more.
-            Err(err) if is_stale_handle(&err) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    listing.sort_by(|a, b| a.label.cmp(&b.label));
-    Ok(listing)
 }
