@@ -7,13 +7,15 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::binary::{Server, run};
 use support::bodies::{self, unb64};
-use support::{AKID_A1, Ca, Client, Reply, SECRET_A1, Signer, softhsm};
+use support::{AKID_A1, Ca, Client, Reply, SECRET_A1, Signer, isolation, softhsm};
 
 const PREFIX: &str = "/tenant-a";
 const AAD: &[u8] = b"lifecycle";
@@ -191,4 +193,156 @@ async fn the_kill_switch_applies_through_the_file_watch() {
     let server = Server::start(&path);
     server.wait_for_log("watching the configuration file for changes");
     exercise_kill_switch(&server, &ca, &path, dir.path(), watch, || {}).await;
+}
+
+/// Where the rotation tests' tokens live: the process's test token, or two tokens of a fleet
+/// of their own.
+struct Tokens {
+    /// `[hsm]` lines naming the token(s).
+    hsm: String,
+    /// `SOFTHSM2_CONF` for the server and the CLI.
+    conf: PathBuf,
+}
+
+impl Tokens {
+    fn single() -> Self {
+        Self {
+            hsm: single_token(),
+            conf: softhsm::token().conf.clone(),
+        }
+    }
+
+    fn fleet(dir: &Path) -> Self {
+        let conf = isolation::token_dir(dir, &["rot-a", "rot-b"], softhsm::USER_PIN);
+        Self {
+            hsm: "[[hsm.members]]\nid = \"a\"\ntoken_label = \"rot-a\"\n\
+                  [[hsm.members]]\nid = \"b\"\ntoken_label = \"rot-b\"\n"
+                .to_owned(),
+            conf,
+        }
+    }
+
+    /// `xks-proxy keys <args…> --config <config>` on these tokens; returns stdout.
+    fn keys(&self, config: &Path, args: &[&str]) -> String {
+        let out = softhsm::serialised_write(|| {
+            std::process::Command::new(support::binary::BIN)
+                .arg("keys")
+                .args(args)
+                .arg("--config")
+                .arg(config)
+                .env("SOFTHSM2_CONF", &self.conf)
+                .output()
+                .unwrap()
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "keys {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+/// What one load worker saw: every ciphertext it made (with its plaintext) and every failure.
+#[derive(Default)]
+struct Seen {
+    sealed: Vec<(Vec<u8>, Value)>,
+    failures: Vec<String>,
+}
+
+/// Encrypt-then-decrypt round trips on `key` until `stop`, at most `limit` each.
+async fn load(client: Client, key: String, worker: usize, stop: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    for i in 0..LOAD_LIMIT {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let plaintext = format!("worker {worker} request {i}").into_bytes();
+        let reply = encrypt(&client, &key, &plaintext).await;
+        if reply.status != 200 {
+            seen.failures
+                .push(format!("encrypt {}: {}", reply.status, reply.text()));
+            continue;
+        }
+        let sealed = reply.json();
+        let opened = decrypt(&client, &key, &sealed).await;
+        if opened.status != 200 || unb64(&opened.json()["plaintext"]) != plaintext {
+            seen.failures
+                .push(format!("decrypt {}: {}", opened.status, opened.text()));
+        }
+        seen.sealed.push((plaintext, sealed));
+    }
+    seen
+}
+
+/// Round trips per load worker, at most (the load also stops once the rotation is seen).
+const LOAD_LIMIT: usize = 2_000;
+const WORKERS: usize = 4;
+
+/// `keys rotate` and a reload while four workers encrypt and decrypt: no request fails, new
+/// ciphertexts switch to version 2, and every ciphertext of both versions still decrypts.
+async fn rotate_under_load(tokens: Tokens) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = prepare(dir.path());
+    let path = dir.path().join("xks-proxy.toml");
+    std::fs::write(&path, config(dir.path(), &tokens.hsm, "")).unwrap();
+    let key = softhsm::unique_label("rotated");
+    tokens.keys(&path, &["create", "--label", &key]);
+    let server = Server::start_with_env(&path, &[("SOFTHSM2_CONF", &tokens.conf)]);
+    let client = client(&server, &ca);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(load(client.clone(), key.clone(), w, Arc::clone(&stop))))
+        .collect();
+    // Let the load run on version 1 first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rotated = tokens.keys(&path, &["rotate", "--label", &key]);
+    assert!(rotated.contains(&format!("{key}#v2")), "{rotated}");
+    server.hangup();
+    eventually("new ciphertexts use version 2", || async {
+        let reply = encrypt(&client, &key, b"probe").await;
+        reply.status == 200 && unb64(&reply.json()["ciphertextMetadata"]) == [1, 0, 0, 0, 2]
+    })
+    .await;
+    // More load on version 2, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut sealed = Vec::new();
+    for worker in workers {
+        let seen = worker.await.unwrap();
+        assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+        sealed.extend(seen.sealed);
+    }
+    let versions: std::collections::BTreeSet<Vec<u8>> = sealed
+        .iter()
+        .map(|(_, s)| unb64(&s["ciphertextMetadata"]))
+        .collect();
+    assert_eq!(
+        versions,
+        [vec![1, 0, 0, 0, 1], vec![1, 0, 0, 0, 2]].into(),
+        "the load saw both versions"
+    );
+    // After the rotation, every ciphertext of every version decrypts.
+    for (plaintext, s) in &sealed {
+        let reply = decrypt(&client, &key, s).await;
+        assert_eq!(unb64(&reply.assert_ok()["plaintext"]), *plaintext);
+    }
+    eprintln!(
+        "{} round trips across the rotation, none failed",
+        sealed.len()
+    );
+}
+
+#[tokio::test]
+async fn rotation_under_load_loses_no_request_on_one_token() {
+    rotate_under_load(Tokens::single()).await;
+}
+
+#[tokio::test]
+async fn rotation_under_load_loses_no_request_in_a_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    rotate_under_load(Tokens::fleet(dir.path())).await;
 }
