@@ -27,7 +27,7 @@ use xks_proxy::config::HealthSettings;
 use xks_proxy::health::HealthService;
 use xks_proxy::hsm::{DecryptRequest, EncryptRequest, FleetBackend, KeyBackend, KeyUsage, Served};
 use xks_proxy::metrics::Metrics;
-use xks_proxy::xks::{ExternalKeyId, VersionedKey};
+use xks_proxy::xks::{ExternalKeyId, KeyVersion, VersionedKey};
 use zeroize::Zeroizing;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -439,4 +439,51 @@ async fn encrypt_sequentially(fleet: &FleetBackend, n: usize) -> HashSet<String>
         served.insert(member.unwrap());
     }
     served
+}
+
+/// A version only one member holds (a `keys rotate` that stopped half way) is never chosen to
+/// encrypt, and a ciphertext made under it still decrypts through the fleet: a member that
+/// lacks the version hands the request to one that has it.
+#[test]
+fn a_version_on_one_member_only_is_not_voted_in_but_still_decrypts() {
+    isolated(
+        "a_version_on_one_member_only_is_not_voted_in_but_still_decrypts",
+        |config| {
+            block_on(async {
+                let fleet = open_fleet(config);
+                let id = ExternalKeyId::parse(KEY).unwrap();
+                let v2 = VersionedKey::new(id.clone(), KeyVersion::new(2).unwrap());
+                let only = &fleet.members()[0];
+                only.backend()
+                    .import_key_version(
+                        &v2,
+                        &Zeroizing::new([0x6b; 32]),
+                        &[KeyUsage::Encrypt, KeyUsage::Decrypt],
+                    )
+                    .unwrap();
+                let versions = fleet.key_versions(id.clone(), deadline()).await.result;
+                assert_eq!(versions.unwrap().as_ref(), [KeyVersion::FIRST]);
+                let alone = only.backend().key_versions(id, deadline()).await.unwrap();
+                assert_eq!(alone.len(), 2, "member a holds both versions");
+
+                let sealed = only
+                    .backend()
+                    .encrypt(v2.clone(), request(b"half rotated"), deadline())
+                    .await
+                    .unwrap();
+                // Requests take turns over the members: some land on b first.
+                for _ in 0..6 {
+                    let decrypt = DecryptRequest {
+                        ciphertext: sealed.ciphertext.clone(),
+                        iv: sealed.iv.to_vec(),
+                        tag: sealed.tag,
+                        aad: b"aad".to_vec(),
+                    };
+                    let served = fleet.decrypt(v2.clone(), decrypt, deadline()).await;
+                    assert_eq!(served.result.unwrap().as_slice(), b"half rotated");
+                    assert_eq!(served.member.as_deref(), Some(only.id()));
+                }
+            });
+        },
+    );
 }

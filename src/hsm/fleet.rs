@@ -191,6 +191,21 @@ impl FleetBackend {
         T: Send + 'a,
         F: Fn(&'a Pkcs11Backend) -> BackendFuture<'a, T> + Send + Sync + 'a,
     {
+        self.route_with(deadline, |_| false, call)
+    }
+
+    /// [`FleetBackend::route`], also moving on to the next untried available member when the
+    /// answer satisfies `elsewhere` (e.g. a key version this member does not hold).
+    fn route_with<'a, T, F>(
+        &'a self,
+        deadline: Instant,
+        elsewhere: fn(&HsmError) -> bool,
+        call: F,
+    ) -> ServedFuture<'a, T>
+    where
+        T: Send + 'a,
+        F: Fn(&'a Pkcs11Backend) -> BackendFuture<'a, T> + Send + Sync + 'a,
+    {
         Box::pin(async move {
             let mut tried = vec![false; self.members.len()];
             let Some(mut member) = self.pick(&tried) else {
@@ -206,6 +221,7 @@ impl FleetBackend {
                 tried[member] = true;
                 let again = match &result {
                     Err(HsmError::Busy) => true,
+                    Err(err) if elsewhere(err) => true,
                     Err(err) if takes_out(err) => std::mem::replace(&mut failover_left, false),
                     _ => false,
                 };
@@ -279,10 +295,11 @@ fn probe_out_members(members: &[FleetMember]) {
 }
 
 impl KeyBackend for FleetBackend {
-    /// The versions every available member holds: a version `keys rotate` has put into only
-    /// some members yet is not used to encrypt, so any member can decrypt what was encrypted.
-    /// Members that cannot answer (out, busy) are left out of the vote; if none can, the first
-    /// error is the answer.
+    /// The versions every member holds: a version `keys rotate` has put into only some
+    /// members yet is not used to encrypt, so any member can decrypt what was encrypted.
+    /// Members that are out still vote, usually from their cache; members that cannot answer
+    /// at all (failing, busy) are left out of the vote (Decrypt then moves on from a member
+    /// that lacks a version); if none can answer, the first error is the answer.
     fn key_versions(
         &self,
         key: ExternalKeyId,
@@ -293,7 +310,6 @@ impl KeyBackend for FleetBackend {
         let asks: Vec<_> = self
             .members
             .iter()
-            .filter(|m| !m.is_out())
             .map(|m| m.backend.key_versions(key.clone(), deadline))
             .collect();
         Box::pin(async move {
@@ -362,7 +378,10 @@ impl KeyBackend for FleetBackend {
         request: DecryptRequest,
         deadline: Instant,
     ) -> ServedFuture<'_, Zeroizing<Vec<u8>>> {
-        self.route(deadline, move |backend| {
+        // A member may lack a version the others hold (a `keys rotate` that stopped half
+        // way, a member that was out when the version was voted in): ask the others.
+        let elsewhere = |err: &HsmError| matches!(err, HsmError::KeyNotFound);
+        self.route_with(deadline, elsewhere, move |backend| {
             let copy = DecryptRequest {
                 ciphertext: request.ciphertext.clone(),
                 iv: request.iv.clone(),

@@ -312,8 +312,16 @@ pub(super) async fn decrypt(
                     .aws_sample_decrypt(store_name, AWS_SAMPLE_FORMAT);
                 return Ok(plaintext_response(&plaintext));
             }
-            // Not the sample's: one of ours (or of the spec's format) after all.
-            Err(HsmError::InvalidCiphertext) => {}
+            // Not the sample's. Only where this proxy could have written the same metadata
+            // (none, before versions; or the sample's value happens to be ours) is it worth
+            // trying the spec's format: elsewhere the fallback would only let a ciphertext
+            // bound to AAD `B` open under AAD `SHA-256(B)`, the one input where the two
+            // framings coincide.
+            Err(HsmError::InvalidCiphertext) if spec_fallback(&req.ciphertext_metadata) => {}
+            Err(HsmError::KeyNotFound) => {
+                let first = VersionedKey::first(key);
+                return Err(missing_version(state, first, deadline).await);
+            }
             Err(err) => return Err(err.into()),
         }
     }
@@ -353,6 +361,9 @@ fn plaintext_response(plaintext: &[u8]) -> Response {
 /// holds none, the key itself is missing (KeyNotFoundException).
 async fn missing_version(state: &AppState, key: VersionedKey, deadline: Instant) -> ApiError {
     match state.backend.key_versions(key.id, deadline).await.result {
+        Err(HsmError::KeyNotFound) => HsmError::KeyNotFound.into(),
+        // A timeout, a busy or failing HSM: say that, not that the key is missing.
+        Err(err) => err.into(),
         Ok(_) => XksError::new(
             ErrorName::InvalidCiphertextException,
             format!(
@@ -362,6 +373,16 @@ async fn missing_version(state: &AppState, key: VersionedKey, deadline: Instant)
             ),
         )
         .into(),
-        Err(_) => HsmError::KeyNotFound.into(),
     }
+}
+
+/// Whether a Decrypt whose metadata is the sample's static value, and that the sample's
+/// format did not open, may still be one of this proxy's: metadata it writes (empty before key
+/// versions, `0x01 ‖ BE32(n)` since).
+fn spec_fallback(ciphertext_metadata: &[u8]) -> bool {
+    ciphertext_metadata.is_empty()
+        || matches!(
+            CiphertextMetadata::parse(ciphertext_metadata),
+            CiphertextMetadata::KeyVersion(_)
+        )
 }

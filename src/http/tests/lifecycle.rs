@@ -311,3 +311,33 @@ async fn a_migrated_store_still_decrypts_its_own_ciphertexts() {
     let fallback = r#"xks_aws_sample_migration_decrypts_total{key_store="a",format="spec"}"#;
     assert_eq!((counter(&h, sample), counter(&h, fallback)), (0.0, 1.0));
 }
+
+#[tokio::test]
+async fn the_spec_fallback_cannot_swap_an_aad_for_its_hash() {
+    use sha2::{Digest, Sha256};
+    let static_ctm = b"sample-v1";
+    let h = Harness::with(&migration(static_ctm), "", rotated());
+    // The sample framed AAD `B` as `00 20 ‖ SHA-256(B) ‖ …`: exactly the spec's framing of the
+    // 32-byte AAD `SHA-256(B)`. With the sample's non-empty metadata, which this proxy never
+    // wrote, the spec's format is not tried, so the digest does not stand in for `B`.
+    let b = b"department=10";
+    let sealed = sealed_elsewhere(
+        b"bound to B",
+        &framing::aws_sample_aad(Some(b), static_ctm).unwrap(),
+    );
+    let path = "/a/kms/xks/v1/keys/both/decrypt";
+    let (status, _) = h
+        .post(path, &decrypt_body(&sealed, Some(b), Some(static_ctm)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let digest = Sha256::digest(b);
+    let reply = h
+        .post(
+            path,
+            &decrypt_body(&sealed, Some(&digest), Some(static_ctm)),
+        )
+        .await;
+    assert_error(&reply, 400, "InvalidCiphertextException");
+    let fallback = r#"xks_aws_sample_migration_decrypts_total{key_store="a",format="spec"}"#;
+    assert_eq!(counter(&h, fallback), 0.0);
+}
