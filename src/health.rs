@@ -177,7 +177,7 @@ mod tests {
         ) -> ServedFuture<'_, Arc<[KeyVersion]>> {
             answer(Err(HsmError::KeyNotFound))
         }
-        fn forget_key_versions(&self) {}
+        fn forget_keys(&self) {}
         fn key_metadata(&self, _: VersionedKey, _: Instant) -> ServedFuture<'_, KeyMetadata> {
             answer(Err(HsmError::KeyNotFound))
         }

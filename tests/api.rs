@@ -1017,7 +1017,7 @@ impl xks_proxy::hsm::KeyBackend for PanickingBackend {
         Box::pin(async { panic!("simulated handler bug") })
     }
 
-    fn forget_key_versions(&self) {}
+    fn forget_keys(&self) {}
 
     fn key_metadata(
         &self,

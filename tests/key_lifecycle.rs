@@ -105,7 +105,7 @@ async fn versions_on_a_real_token_encrypt_newest_and_decrypt_by_metadata() {
         .await
         .assert_ok();
     assert_eq!(unb64(&still_v1["ciphertextMetadata"]), [1, 0, 0, 0, 1]);
-    softhsm::token().backend().forget_key_versions();
+    softhsm::token().backend().forget_keys();
     let v2 = client
         .encrypt("/tenant-a", &key, b"two", aad, true)
         .await
@@ -156,7 +156,7 @@ async fn a_destroyed_or_unsafe_version_is_never_used() {
     create_version(&key, 2, &[0x44; 32], false);
     // Version 3 could leave the HSM: never served, so version 2 stays the newest.
     create_version(&key, 3, &[0x55; 32], true);
-    softhsm::token().backend().forget_key_versions();
+    softhsm::token().backend().forget_keys();
     let v2 = client
         .encrypt("/tenant-a", &key, b"new", None, false)
         .await

@@ -130,7 +130,7 @@ impl KeyBackend for MemoryBackend {
         }))
     }
 
-    fn forget_key_versions(&self) {}
+    fn forget_keys(&self) {}
 
     fn key_metadata(&self, key: VersionedKey, _: Instant) -> ServedFuture<'_, KeyMetadata> {
         ready(self.answer(|| {

@@ -345,9 +345,9 @@ impl KeyBackend for FleetBackend {
         })
     }
 
-    fn forget_key_versions(&self) {
+    fn forget_keys(&self) {
         for member in self.members.iter() {
-            member.backend.forget_key_versions();
+            member.backend.forget_keys();
         }
     }
 

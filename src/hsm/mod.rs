@@ -74,9 +74,10 @@ pub trait KeyBackend: Send + Sync + 'static {
         deadline: Instant,
     ) -> ServedFuture<'_, Arc<[KeyVersion]>>;
 
-    /// Forgets every cached list of versions (a configuration reload), so that versions made
-    /// since by `keys rotate` are used from the next request on. Key handles stay cached.
-    fn forget_key_versions(&self);
+    /// Forgets every cached key handle and list of versions (a configuration reload), so that
+    /// versions made since by `keys rotate` are used from the next request on, and an object
+    /// destroyed since is never reached through a reused handle number.
+    fn forget_keys(&self);
 
     /// Reads the key version's real attributes (GetKeyMetadata, K-1…10).
     fn key_metadata(&self, key: VersionedKey, deadline: Instant) -> ServedFuture<'_, KeyMetadata>;

@@ -184,8 +184,8 @@ impl AppState {
         let config = ApiConfig::build(settings, Some(&self.api.load()));
         config.publish_credential_counts(&self.metrics);
         self.api.store(Arc::new(config));
-        // `keys rotate` may have made versions since: look again from the next request on.
-        self.backend.forget_key_versions();
+        // `keys rotate` may have made versions, an operator destroyed some: look again.
+        self.backend.forget_keys();
     }
 
     /// The process's metrics.

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::Function;
@@ -57,12 +58,26 @@ struct Versions {
     found_at: Instant,
 }
 
+/// What the cache knows about a key's versions.
+pub(super) enum CachedVersions {
+    /// Looked up less than [`VERSIONS_TTL`] ago.
+    Fresh(Arc<[KeyVersion]>),
+    /// Older, and this caller is the one to look again (the old list is here in case the
+    /// token cannot answer); meanwhile others keep using the old list.
+    Refresh(Arc<[KeyVersion]>),
+    /// Never looked up, or forgotten.
+    Unknown,
+}
+
 /// Handles of token keys by key version, and each key's list of versions; shared by all
 /// workers.
 #[derive(Debug, Default)]
 pub(super) struct KeyCache {
     map: RwLock<HashMap<VersionedKey, CachedKey>>,
     versions: RwLock<HashMap<ExternalKeyId, Versions>>,
+    /// Bumped whenever the cache is forgotten, so that a lookup that started before does not
+    /// write its (possibly outdated) result back afterwards.
+    generation: AtomicU64,
 }
 
 impl KeyCache {
@@ -81,71 +96,98 @@ impl KeyCache {
         if let Some(cached) = self.map.read().get(key) {
             return Ok(*cached);
         }
-        let found = find_label(session, observer, &token_label(key), op)?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        // Versions after the first must also carry CKA_ID = id, as the version list requires:
+        // both ways of finding a version agree on what it is.
+        let id = (key.version != KeyVersion::FIRST).then(|| versions_id(&key.id));
+        let found = find_label(session, observer, &token_label(key), id, op)?;
         if !servable(key, &found, op) {
             return Err(HsmError::KeyNotFound);
         }
-        self.map.write().insert(key.clone(), found);
+        let mut map = self.map.write();
+        if self.generation.load(Ordering::SeqCst) == generation {
+            map.insert(key.clone(), found);
+        }
         Ok(found)
     }
 
-    /// The versions of `id` looked up less than [`VERSIONS_TTL`] ago, if any.
-    pub(super) fn cached_versions(&self, id: &ExternalKeyId) -> Option<Arc<[KeyVersion]>> {
-        let versions = self.versions.read();
-        let entry = versions.get(id)?;
-        (entry.found_at.elapsed() < VERSIONS_TTL).then(|| Arc::clone(&entry.versions))
+    /// What the cache knows about `id`'s versions. When the list is older than
+    /// [`VERSIONS_TTL`], exactly one caller is told to look again ([`CachedVersions::Refresh`]);
+    /// the others keep getting the old list until it has, so an expiry never sends every
+    /// request of a busy key to the token at once.
+    pub(super) fn cached_versions(&self, id: &ExternalKeyId) -> CachedVersions {
+        if let Some(entry) = self.versions.read().get(id) {
+            if entry.found_at.elapsed() < VERSIONS_TTL {
+                return CachedVersions::Fresh(Arc::clone(&entry.versions));
+            }
+        } else {
+            return CachedVersions::Unknown;
+        }
+        let mut versions = self.versions.write();
+        match versions.get_mut(id) {
+            Some(entry) if entry.found_at.elapsed() < VERSIONS_TTL => {
+                CachedVersions::Fresh(Arc::clone(&entry.versions))
+            }
+            Some(entry) => {
+                // Claimed: the list counts as fresh for everyone else while this caller looks.
+                entry.found_at = Instant::now();
+                CachedVersions::Refresh(Arc::clone(&entry.versions))
+            }
+            None => CachedVersions::Unknown,
+        }
     }
 
-    /// The servable versions of `id`, oldest first: from the cache, else found on the token
-    /// (`CKA_LABEL` = id for version 1, `CKA_ID` = id for the others; see
-    /// [`crate::hsm::labels`]). Versions found are also cached as keys. No version at all is
-    /// [`HsmError::KeyNotFound`], and is not cached.
-    pub(super) fn versions(
+    /// The servable versions of `id`, oldest first, found on the token (`CKA_LABEL` = id for
+    /// version 1, `CKA_ID` = id for the others; see [`crate::hsm::labels`]) and cached, as are
+    /// the keys found. No version at all is [`HsmError::KeyNotFound`], and is not cached.
+    pub(super) fn look_up_versions(
         &self,
         session: &Session,
         observer: &dyn HsmObserver,
         id: &ExternalKeyId,
         op: Operation,
     ) -> Result<Arc<[KeyVersion]>, HsmError> {
-        if let Some(versions) = self.cached_versions(id) {
-            return Ok(versions);
-        }
+        let generation = self.generation.load(Ordering::SeqCst);
         let found = find_versions(session, observer, id, op)?;
-        let mut keys = self.map.write();
         let mut versions = Vec::with_capacity(found.len());
+        let mut servable_keys = Vec::with_capacity(found.len());
         for (key, cached) in found {
             if servable(&key, &cached, op) {
                 versions.push(key.version);
-                keys.insert(key, cached);
+                servable_keys.push((key, cached));
             }
         }
-        drop(keys);
         if versions.is_empty() {
+            self.versions.write().remove(id);
             return Err(HsmError::KeyNotFound);
         }
         versions.sort_unstable();
         let versions: Arc<[KeyVersion]> = versions.into();
-        self.versions.write().insert(
-            id.clone(),
-            Versions {
-                versions: Arc::clone(&versions),
-                found_at: Instant::now(),
-            },
-        );
+        let mut keys = self.map.write();
+        let mut lists = self.versions.write();
+        // A reload while this lookup ran has forgotten everything: leave it forgotten.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            keys.extend(servable_keys);
+            lists.insert(
+                id.clone(),
+                Versions {
+                    versions: Arc::clone(&versions),
+                    found_at: Instant::now(),
+                },
+            );
+        }
         Ok(versions)
     }
 
-    /// Forgets every key's list of versions (a reload: `keys rotate` may have run), keeping
-    /// the handles, which stay valid.
-    pub(super) fn forget_versions(&self) {
-        self.versions.write().clear();
-    }
-
-    /// Forgets every handle and version list: after a lost login or a device failure a
-    /// handle number may name another object, or none.
+    /// Forgets every handle and version list: after a reload (`keys rotate` may have made a
+    /// version, an operator may have destroyed one and the HSM reuse its handle number), a
+    /// lost login or a device failure.
     pub(super) fn clear(&self) {
-        self.map.write().clear();
-        self.versions.write().clear();
+        let mut keys = self.map.write();
+        let mut lists = self.versions.write();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        keys.clear();
+        lists.clear();
     }
 
     /// Forgets `key` if it still maps to `handle`.
@@ -208,7 +250,7 @@ fn find_versions(
     op: Operation,
 ) -> Result<Vec<(VersionedKey, CachedKey)>, HsmError> {
     let mut found = Vec::new();
-    match find_label(session, observer, id.as_str(), op) {
+    match find_label(session, observer, id.as_str(), None, op) {
         Ok(first) => found.push((VersionedKey::first(id.clone()), first)),
         // Version 1 may have been destroyed after a rotation; ambiguity was logged by find.
         Err(HsmError::KeyNotFound | HsmError::AmbiguousKey { .. }) => {}
@@ -275,7 +317,7 @@ pub(super) fn find(
     label: &ExternalKeyId,
     op: Operation,
 ) -> Result<CachedKey, HsmError> {
-    find_label(session, observer, label.as_str(), op)
+    find_label(session, observer, label.as_str(), None, op)
 }
 
 /// Finds the one private token object labelled `label` and reads its attributes, whatever
@@ -288,13 +330,15 @@ pub(super) fn find_label(
     session: &Session,
     observer: &dyn HsmObserver,
     label: &str,
+    id: Option<Vec<u8>>,
     op: Operation,
 ) -> Result<CachedKey, HsmError> {
-    let template = [
+    let mut template = vec![
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Token(true),
         Attribute::Private(true),
     ];
+    template.extend(id.map(Attribute::Id));
     // find_objects always ends with C_FindObjectsFinal, also on error.
     let handles = call(observer, "C_FindObjects", op, || {
         session.find_objects(&template)
@@ -459,5 +503,55 @@ fn ensure_logged_in(
                 tier: Tier::Login,
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cache_with(id: &ExternalKeyId, age: Duration) -> KeyCache {
+        let cache = KeyCache::default();
+        let versions: Arc<[KeyVersion]> = vec![KeyVersion::FIRST].into();
+        let found_at = Instant::now().checked_sub(age).unwrap();
+        cache
+            .versions
+            .write()
+            .insert(id.clone(), Versions { versions, found_at });
+        cache
+    }
+
+    #[test]
+    fn an_expired_list_is_refreshed_by_one_caller_while_the_others_keep_it() {
+        let id = ExternalKeyId::parse("k").unwrap();
+        let cache = cache_with(&id, VERSIONS_TTL + Duration::from_secs(1));
+        assert!(matches!(
+            cache.cached_versions(&id),
+            CachedVersions::Refresh(old) if old.as_ref() == [KeyVersion::FIRST]
+        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                cache.cached_versions(&id),
+                CachedVersions::Fresh(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_young_list_is_fresh_and_a_cleared_one_unknown() {
+        let id = ExternalKeyId::parse("k").unwrap();
+        let cache = cache_with(&id, Duration::from_secs(1));
+        assert!(matches!(
+            cache.cached_versions(&id),
+            CachedVersions::Fresh(_)
+        ));
+        let before = cache.generation.load(Ordering::SeqCst);
+        cache.clear();
+        assert!(matches!(
+            cache.cached_versions(&id),
+            CachedVersions::Unknown
+        ));
+        assert_eq!(cache.generation.load(Ordering::SeqCst), before + 1);
     }
 }

@@ -46,7 +46,7 @@ pub use repair::{UNKNOWN_CODE_STREAK, UNKNOWN_CODE_WINDOW};
 pub use token::TokenIdentity;
 
 use self::errors::Operation;
-use self::keys::KeyCache;
+use self::keys::{CachedVersions, KeyCache};
 use self::pool::Pool;
 use crate::config::HsmSettings;
 use crate::hsm::HsmObserver;
@@ -217,20 +217,34 @@ impl Pkcs11Backend {
         if let Err(err) = self.customer_key(&key) {
             return Box::pin(std::future::ready(Err(err)));
         }
-        if let Some(versions) = self.shared.keys.cached_versions(&key) {
-            return Box::pin(std::future::ready(Ok(versions)));
-        }
-        self.run(deadline, move |session, shared| {
+        let stale = match self.shared.keys.cached_versions(&key) {
+            CachedVersions::Fresh(versions) => return Box::pin(std::future::ready(Ok(versions))),
+            CachedVersions::Refresh(old) => Some(old),
+            CachedVersions::Unknown => None,
+        };
+        let look_up = self.run(deadline, move |session, shared| {
+            let observer = &*shared.observer;
             shared
                 .keys
-                .versions(session, &*shared.observer, &key, Operation::Metadata)
+                .look_up_versions(session, observer, &key, Operation::Metadata)
+        });
+        Box::pin(async move {
+            match (look_up.await, stale) {
+                // The token could not answer now: the old list is still the best answer.
+                (Err(err), Some(old)) if !matches!(err, HsmError::KeyNotFound) => {
+                    tracing::debug!(error = %err, "refreshing a key's versions failed; keeping the list");
+                    Ok(old)
+                }
+                (result, _) => result,
+            }
         })
     }
 
-    /// Forgets every key's cached list of versions, so that versions made since (by
-    /// `keys rotate`) are used from the next request on.
-    pub fn forget_key_versions(&self) {
-        self.shared.keys.forget_versions();
+    /// Forgets every cached key handle and list of versions (a reload): versions made since
+    /// (by `keys rotate`) are used from the next request on, and objects destroyed since are
+    /// never served through a handle number the HSM may have reused.
+    pub fn forget_keys(&self) {
+        self.shared.keys.clear();
     }
 
     /// GetKeyMetadata on this token.
@@ -312,8 +326,8 @@ impl KeyBackend for Pkcs11Backend {
         self.served(Self::key_versions(self, key, deadline))
     }
 
-    fn forget_key_versions(&self) {
-        Self::forget_key_versions(self);
+    fn forget_keys(&self) {
+        Self::forget_keys(self);
     }
 
     fn key_metadata(&self, key: VersionedKey, deadline: Instant) -> ServedFuture<'_, KeyMetadata> {
