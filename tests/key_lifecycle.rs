@@ -14,6 +14,7 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde_json::{Value, json};
 use xks_proxy::hsm::KeyUsage;
+use xks_proxy::hsm::pkcs11::Pkcs11Backend;
 use xks_proxy::xks::framing;
 use zeroize::Zeroizing;
 
@@ -39,7 +40,18 @@ fn import_v1(stem: &str, material: &[u8; 32]) -> String {
 /// Creates version `n ≥ 2` of `id` with `material` the way the naming scheme says: label
 /// `id#v<n>`, `CKA_ID` = id, private, sensitive and (unless `extractable`) never extractable.
 fn create_version(id: &str, n: u32, material: &[u8; 32], extractable: bool) -> ObjectHandle {
-    let session = softhsm::raw_session(softhsm::token().backend());
+    create_version_with(softhsm::token().backend(), id, n, material, extractable)
+}
+
+/// [`create_version`] once `backend` has initialised the module.
+fn create_version_with(
+    backend: &Pkcs11Backend,
+    id: &str,
+    n: u32,
+    material: &[u8; 32],
+    extractable: bool,
+) -> ObjectHandle {
+    let session = softhsm::raw_session(backend);
     let template = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -250,4 +262,72 @@ async fn sample_proxy_ciphertexts_decrypt_on_a_real_token_where_migration_is_on(
         assert!(text.contains(series), "{text}");
         proxy.stop().await;
     }
+}
+
+/// The PKCS#11 calls a warm key costs per request, versions and all: no search, one
+/// `C_Encrypt` or `C_Decrypt`, and one `C_GetAttributeValue` (the usages) for GetKeyMetadata.
+#[tokio::test]
+async fn a_known_key_costs_no_token_search_per_request() {
+    softhsm::isolate!();
+    // A backend of its own that reports into these metrics (the module is initialised once
+    // per process, so the shared test backend is never opened here).
+    let metrics = std::sync::Arc::new(xks_proxy::metrics::Metrics::new());
+    let backend =
+        Pkcs11Backend::open_with_metrics(&softhsm::hsm_settings(2, 16), metrics.clone()).unwrap();
+    let key = unique_label("warm");
+    let material = Zeroizing::new([0x66; 32]);
+    backend.import_key(&key_id(&key), &material, BOTH).unwrap();
+    create_version_with(&backend, &key, 2, &[0x77; 32], false);
+    let proxy = ProxyBuilder {
+        backend: Some(std::sync::Arc::new(backend)),
+        ..Default::default()
+    }
+    .start()
+    .await;
+    let client = proxy.client();
+    let metadata_path = format!("/tenant-a/kms/xks/v1/keys/{key}/metadata");
+    let round = || async {
+        let sealed = client
+            .encrypt("/tenant-a", &key, b"warm", Some(b"a"), false)
+            .await
+            .assert_ok();
+        assert_eq!(unb64(&sealed["ciphertextMetadata"]), [1, 0, 0, 0, 2]);
+        client
+            .decrypt(
+                "/tenant-a",
+                &key,
+                &bodies::decrypt_from(&sealed, Some(b"a")),
+            )
+            .await
+            .assert_ok();
+        client
+            .post(&metadata_path, &bodies::metadata())
+            .await
+            .assert_ok();
+    };
+    let calls = |function: &str| {
+        let text = metrics.render_text();
+        let series = format!(r#"xks_hsm_call_duration_seconds_count{{function="{function}"}} "#);
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    const FUNCTIONS: [&str; 4] = [
+        "C_FindObjects",
+        "C_GetAttributeValue",
+        "C_Encrypt",
+        "C_Decrypt",
+    ];
+    round().await;
+    let before = FUNCTIONS.map(calls);
+    const ROUNDS: u64 = 10;
+    for _ in 0..ROUNDS {
+        round().await;
+    }
+    let delta: Vec<u64> = FUNCTIONS
+        .iter()
+        .zip(before)
+        .map(|(f, b)| calls(f) - b)
+        .collect();
+    assert_eq!(delta, [0, ROUNDS, ROUNDS, ROUNDS], "{FUNCTIONS:?}");
 }
