@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -98,6 +98,13 @@ struct SampleDecryptLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthorizationLabels {
+    key_store: String,
+    action: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -122,6 +129,7 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     kill_switch_refusals: Family<KillSwitchLabels, Counter>,
     aws_sample_decrypts: Family<SampleDecryptLabels, Counter>,
+    authorization_decisions: Family<AuthorizationLabels, Counter>,
     /// notAfter of the serving certificate, Unix seconds; 0 when TLS is off. Read by the
     /// [`TlsExpiry`] collector at every scrape.
     tls_not_after: Arc<AtomicI64>,
@@ -216,6 +224,13 @@ impl Metrics {
              format failed)",
             aws_sample_decrypts.clone(),
         );
+        let authorization_decisions = Family::<AuthorizationLabels, Counter>::default();
+        registry.register(
+            "authorization_decisions",
+            "Cedar authorization decisions by key store, action and outcome (allow, deny, \
+             would_deny in log-only mode)",
+            authorization_decisions.clone(),
+        );
         let tls_not_after = Arc::new(AtomicI64::new(0));
         registry.register_collector(Box::new(TlsExpiry(Arc::clone(&tls_not_after))));
         let build = Family::<BuildLabels, Gauge>::default();
@@ -238,8 +253,19 @@ impl Metrics {
             reloads,
             kill_switch_refusals,
             aws_sample_decrypts,
+            authorization_decisions,
             tls_not_after,
         }
+    }
+
+    /// Counts one Cedar authorization decision (`outcome`: `allow`, `deny`, `would_deny`).
+    pub fn authorization_decided(&self, key_store: &str, action: &str, outcome: &str) {
+        let labels = AuthorizationLabels {
+            key_store: key_store.into(),
+            action: action.into(),
+            outcome: outcome.into(),
+        };
+        self.authorization_decisions.get_or_create(&labels).inc();
     }
 
     /// Counts a request refused by the `[[keys]]` kill switch.

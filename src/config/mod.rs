@@ -27,6 +27,7 @@ pub use load::{ENV_PREFIX, load, load_from_str, load_hsm, load_key_admin};
 pub use restart::RestartOnly;
 pub use types::{AccessKeyId, ClientSubjectName, UriPrefix};
 
+use crate::authz::Policies;
 use crate::xks::{ExternalKeyId, KeyVersion};
 
 /// The validated configuration of one proxy process.
@@ -50,6 +51,9 @@ pub struct Settings {
     pub keys: KeyControls,
     /// How the configuration reloads besides SIGHUP and `POST /admin/reload`.
     pub reload: ReloadSettings,
+    /// Cedar policies for every key store without its own (`[authorization]`); `None`: no
+    /// secondary authorization.
+    pub authorization: Option<Policies>,
 }
 
 impl Settings {
@@ -296,6 +300,9 @@ pub struct KeyStoreSettings {
     pub rate_limit: Option<RateLimit>,
     /// Decrypt also accepts ciphertexts made by AWS's sample proxy.
     pub aws_sample_migration: Option<AwsSampleMigration>,
+    /// This store's own Cedar policies (`[key_stores.authorization]`), instead of the
+    /// process-wide `[authorization]`.
+    pub authorization: Option<Policies>,
 }
 
 /// The per-key kill switch: keys and key versions the operator turned off (`[[keys]]`).

@@ -26,6 +26,16 @@ pub(super) struct RawConfig {
     pub(super) keys: Vec<RawKeyControl>,
     #[serde(default)]
     pub(super) reload: RawReload,
+    pub(super) authorization: Option<RawAuthorization>,
+}
+
+/// `[authorization]` and `[key_stores.authorization]`: Cedar policies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthorization {
+    pub(super) policy_file: PathBuf,
+    #[serde(default = "defaults::authorization_mode")]
+    pub(super) mode: String,
 }
 
 /// Just `[hsm]`, every other section ignored (`keys` commands).
@@ -219,6 +229,7 @@ pub(super) struct RawKeyStore {
     pub(super) enabled: bool,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) aws_sample_migration: Option<RawAwsSampleMigration>,
+    pub(super) authorization: Option<RawAuthorization>,
 }
 
 /// `[key_stores.aws_sample_migration]`.
@@ -333,6 +344,9 @@ pub(super) mod defaults {
     /// is unnoticeable, and one `stat` a second costs nothing.
     pub(in crate::config) fn watch_interval_ms() -> u64 {
         1_000
+    }
+    pub(in crate::config) fn authorization_mode() -> String {
+        "enforce".into()
     }
     pub(in crate::config) fn log_format() -> String {
         "json".into()

@@ -117,6 +117,7 @@ impl RestartOnly {
             admin,
             keys: _, // reloadable: the kill switch
             reload,
+            authorization: _, // reloadable: Cedar policies
         } = settings;
         let ServerSettings {
             listen,

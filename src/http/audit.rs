@@ -49,6 +49,7 @@ use http::StatusCode;
 use super::error::ApiError;
 use super::routing::Operation;
 use super::{ApiConfig, AppState, KeepsConnectionAlive};
+use crate::authz::Verdict;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::xks::XksError;
 use crate::xks::wire::RequestMetadata;
@@ -88,6 +89,8 @@ pub(super) struct AuditRecord {
     /// On a key store migrated from AWS's sample proxy: which AAD format opened the
     /// ciphertext (`aws_sample` or `spec`).
     pub(super) ciphertext_format: Option<&'static str>,
+    /// The Cedar decision, when the key store has policies (LOG-5).
+    pub(super) authorization: Option<Verdict>,
     /// Whether the request passed SigV4 (not logged: `auth_failure` and `status` say it).
     pub(super) authenticated: bool,
 }
@@ -131,6 +134,7 @@ impl AuditRecord {
         elapsed: Duration,
     ) {
         let meta = self.metadata.as_ref();
+        let authz = self.authorization.as_ref();
         tracing::info!(
             target: TARGET,
             kms_request_id = meta.map(|m| m.kms_request_id.as_str()),
@@ -154,6 +158,9 @@ impl AuditRecord {
             key_version = self.key_version,
             refused_by = self.refused_by,
             ciphertext_format = self.ciphertext_format,
+            authz_decision = authz.map(|v| v.outcome.as_str()),
+            authz_policies = authz.map(|v| v.policies.join(",")),
+            authz_mode = authz.map(|v| v.mode.as_str()),
             "xks request"
         );
         metrics.request_finished(
@@ -244,6 +251,7 @@ impl AuditRecord {
             key_version,
             refused_by,
             ciphertext_format,
+            authorization,
             authenticated,
         } = later;
         self.key_store = key_store.or(self.key_store.take());
@@ -257,6 +265,7 @@ impl AuditRecord {
         self.key_version = key_version.or(self.key_version);
         self.refused_by = refused_by.or(self.refused_by);
         self.ciphertext_format = ciphertext_format.or(self.ciphertext_format);
+        self.authorization = authorization.or(self.authorization.take());
         self.authenticated |= authenticated;
     }
 }

@@ -8,12 +8,17 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{Method, header, request::Parts};
 
+use super::ClientSubject;
 use super::audit::{AuditRecord, Routed};
 use super::error::ApiError;
 use super::routing::Operation;
 use super::{ApiConfig, AppState, KeyStore};
 use super::{body, operations};
-use crate::xks::wire::{DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest};
+use crate::authz::{self, Action, Policies, Query};
+use crate::xks::framing::CiphertextMetadata;
+use crate::xks::wire::{
+    DecryptRequest, EncryptRequest, HealthRequest, KeyMetadataRequest, RequestMetadata,
+};
 use crate::xks::{ErrorName, ExternalKeyId, XksError};
 
 /// `GET /ping`: liveness for load balancers, unauthenticated, no version disclosed (LB-1).
@@ -84,13 +89,17 @@ async fn handle(
             return Err(XksError::validation("the request body did not arrive in time").into());
         }
     };
-    if let Err(err) = crate::auth::verify(&store.credentials, parts, &body, SystemTime::now()) {
-        state
-            .metrics
-            .auth_failed(&store.settings.name, err.reason());
-        audit.auth_failure = Some(err.reason());
-        return Err(err.into());
-    }
+    let authenticated =
+        match crate::auth::verify(&store.credentials, parts, &body, SystemTime::now()) {
+            Ok(authenticated) => authenticated,
+            Err(err) => {
+                state
+                    .metrics
+                    .auth_failed(&store.settings.name, err.reason());
+                audit.auth_failure = Some(err.reason());
+                return Err(err.into());
+            }
+        };
     drop(unauthenticated);
     audit.authenticated = true;
     if !store.settings.enabled {
@@ -111,7 +120,18 @@ async fn handle(
         .into());
     }
     require_json_content_type(parts)?;
-    dispatch(state, api, store, operation, &body, deadline, audit).await
+    let caller = Caller {
+        region: &authenticated.region,
+        mtls_subject: parts.extensions.get::<ClientSubject>().map(|s| &*s.0),
+    };
+    dispatch(state, api, store, operation, &body, caller, deadline, audit).await
+}
+
+/// What the transport and SigV4 established about the caller, for authorization.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    region: &'a str,
+    mtls_subject: Option<&'a str>,
 }
 
 /// The steps before the body is read (§3.4 steps 1–2): a well-formed HTTP/2 request head,
@@ -150,15 +170,36 @@ fn require_consistent_authority(parts: &Parts) -> Result<(), XksError> {
 }
 
 /// Parses the authenticated body and runs the operation.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: &AppState,
     api: &ApiConfig,
     store: &KeyStore,
     operation: Operation,
     body: &[u8],
+    caller: Caller<'_>,
     deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
+    let authorize = |action,
+                     key: &ExternalKeyId,
+                     version,
+                     metadata: &RequestMetadata,
+                     audit: &mut AuditRecord| {
+        let Some(policies) = &store.authorization else {
+            return Ok(());
+        };
+        let query = Query {
+            action,
+            key_store: &store.settings.name,
+            key_id: key.as_str(),
+            key_version: version,
+            metadata,
+            region: caller.region,
+            mtls_subject: caller.mtls_subject,
+        };
+        authorize(state, policies, &query, audit)
+    };
     match operation {
         Operation::Health => {
             let req = HealthRequest::parse(body)?;
@@ -169,8 +210,9 @@ async fn dispatch(
         }
         Operation::KeyMetadata(key) => {
             let req = KeyMetadataRequest::parse(body)?;
-            audit.metadata = Some(req.metadata);
+            audit.metadata = Some(req.metadata.clone());
             served_key(store, api, &key)?;
+            authorize(Action::GetKeyMetadata, &key, None, &req.metadata, audit)?;
             operations::key_metadata(state, api, key, deadline, audit).await
         }
         Operation::Encrypt(key) => {
@@ -179,6 +221,7 @@ async fn dispatch(
             audit.data_bytes = Some(req.plaintext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
+            authorize(Action::Encrypt, &key, None, &req.metadata, audit)?;
             operations::encrypt(state, api, store, key, req, deadline, audit).await
         }
         Operation::Decrypt(key) => {
@@ -187,6 +230,14 @@ async fn dispatch(
             audit.data_bytes = Some(req.ciphertext.len());
             audit.aad_bytes = Some(req.aad.len());
             served_key(store, api, &key)?;
+            let version = CiphertextMetadata::parse(&req.ciphertext_metadata).version();
+            authorize(
+                Action::Decrypt,
+                &key,
+                Some(version.get()),
+                &req.metadata,
+                audit,
+            )?;
             operations::decrypt(state, api, store, key, req, deadline, audit).await
         }
     }
@@ -217,5 +268,42 @@ fn served_key(store: &KeyStore, api: &ApiConfig, key: &ExternalKeyId) -> Result<
             ErrorName::KeyNotFoundException,
             "no key with this id in this key store",
         ))
+    }
+}
+
+/// Evaluates the store's Cedar policies (after authentication, before the HSM; never for
+/// GetHealthStatus, AZ-3): records the decision in the audit line and the metrics, and turns a
+/// denial into 403 `AccessDeniedException` unless the policies are in log-only mode.
+fn authorize(
+    state: &AppState,
+    policies: &Policies,
+    query: &Query<'_>,
+    audit: &mut AuditRecord,
+) -> Result<(), ApiError> {
+    let verdict = authz::evaluate(policies, query);
+    if !verdict.errors.is_empty() {
+        tracing::warn!(
+            key_store = query.key_store, action = query.action.as_str(),
+            errors = %verdict.errors.join("; "),
+            "authorization policies failed to evaluate; denying (fail closed)"
+        );
+    }
+    state.metrics.authorization_decided(
+        query.key_store,
+        query.action.as_str(),
+        verdict.outcome.as_str(),
+    );
+    let permits = verdict.permits();
+    audit.authorization = Some(verdict);
+    if permits {
+        Ok(())
+    } else {
+        // Generic on purpose: which policy denied is for the operator (audit line), not the
+        // caller.
+        Err(XksError::new(
+            ErrorName::AccessDeniedException,
+            "the request is not allowed by the key store's authorization policies",
+        )
+        .into())
     }
 }

@@ -37,11 +37,17 @@ pub use error::{ApiError, json_response};
 pub use routing::{Operation, RouteTable};
 
 use crate::auth::CredentialStore;
+use crate::authz::Policies;
 use crate::config::{KeyControls, KeyStoreSettings, Limits, Settings};
 use crate::health::HealthService;
 use crate::hsm::KeyBackend;
 use crate::metrics::Metrics;
 use crate::xks::ExternalKeyId;
+
+/// Request extension: the subject DN of the connection's mTLS client certificate, for
+/// authorization policies (`context.mtlsClientSubject`).
+#[derive(Debug, Clone)]
+pub struct ClientSubject(pub Arc<str>);
 
 /// Response extension: the request that produced this response keeps its connection from
 /// idling out. Set only once a request is authenticated, so unauthenticated traffic cannot
@@ -80,10 +86,16 @@ pub struct KeyStore {
     /// The store's request quota, if it has one; a reload keeps its state (a store with the
     /// same name keeps its bucket), so reloading never refills it.
     quota: Option<Arc<quota::TokenBucket>>,
+    /// The Cedar policies in force for this store: its own, else the process-wide ones.
+    authorization: Option<Policies>,
 }
 
 impl KeyStore {
-    fn new(settings: KeyStoreSettings, previous: Option<&ApiConfig>) -> Self {
+    fn new(
+        settings: KeyStoreSettings,
+        default_authorization: Option<&Policies>,
+        previous: Option<&ApiConfig>,
+    ) -> Self {
         let credentials =
             CredentialStore::new(&settings.credentials, settings.allowed_regions.as_deref());
         let allowed_keys = settings
@@ -97,11 +109,16 @@ impl KeyStore {
             Some(bucket) => bucket.reconfigured(limit),
             None => Arc::new(quota::TokenBucket::new(limit)),
         });
+        let authorization = settings
+            .authorization
+            .clone()
+            .or_else(|| default_authorization.cloned());
         Self {
             settings,
             credentials,
             allowed_keys,
             quota,
+            authorization,
         }
     }
 
@@ -129,7 +146,7 @@ impl ApiConfig {
                 .key_stores
                 .iter()
                 .cloned()
-                .map(|store| KeyStore::new(store, previous))
+                .map(|store| KeyStore::new(store, settings.authorization.as_ref(), previous))
                 .collect(),
             routes,
             limits: settings.limits,

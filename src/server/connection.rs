@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::idle::{Activity, KeepsConnectionAlive};
-use crate::http::ConnectionShare;
+use crate::http::{ClientSubject, ConnectionShare};
 use crate::metrics::Metrics;
 
 /// Idle time before the first TCP keepalive probe, and the interval between probes.
@@ -55,7 +55,7 @@ impl Conn {
         tune_socket(&stream);
         let Some(acceptor) = self.acceptor.clone() else {
             let http = self.http.clone();
-            return self.serve_http(stream, http, app).await;
+            return self.serve_http(stream, http, app, None).await;
         };
         let Some(tls) = self.handshake(&acceptor, stream).await else {
             return;
@@ -65,7 +65,15 @@ impl Conn {
             Some(b"http/1.1") => self.http.clone().http1_only(),
             _ => self.http.clone(),
         };
-        self.serve_http(tls, http, app).await;
+        // Read once per connection; requests carry it for authorization (mTLS subject).
+        let subject = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(crate::tls::certificate_subject)
+            .map(|subject| ClientSubject(subject.into()));
+        self.serve_http(tls, http, app, subject).await;
     }
 
     /// Waits, at most the handshake timeout, for the client's first bytes (HTTP/2 preface or
@@ -128,8 +136,13 @@ impl Conn {
 
     /// Serves HTTP on `io` until the client closes, an error occurs, the connection stays
     /// idle too long or shutdown completes.
-    async fn serve_http<I>(mut self, io: I, http: Builder<TokioExecutor>, app: Router)
-    where
+    async fn serve_http<I>(
+        mut self,
+        io: I,
+        http: Builder<TokioExecutor>,
+        app: Router,
+        subject: Option<ClientSubject>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let mut io = BufReader::new(io);
@@ -144,6 +157,9 @@ impl Conn {
             .map_request(move |mut request: http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.extensions_mut().insert(share.clone());
+                if let Some(subject) = &subject {
+                    request.extensions_mut().insert(subject.clone());
+                }
                 request
             })
             .map_future(move |response| {

@@ -196,17 +196,23 @@ fn matching_name<'a>(
         })
 }
 
+/// The subject DN of a certificate (e.g. `CN=cks.kms.eu-west-1.amazonaws.com`), cut to a sane
+/// length; `None` if it does not parse.
+pub fn certificate_subject(end_entity: &CertificateDer<'_>) -> Option<String> {
+    x509_parser::parse_x509_certificate(end_entity)
+        .ok()
+        .map(|(_, cert)| {
+            cert.subject()
+                .to_string()
+                .chars()
+                .take(MAX_LOGGED_SUBJECT)
+                .collect()
+        })
+}
+
 /// The subject DN for logs (never the whole certificate), cut to a sane length.
 fn subject_for_log(end_entity: &CertificateDer<'_>) -> String {
-    match x509_parser::parse_x509_certificate(end_entity) {
-        Ok((_, cert)) => cert
-            .subject()
-            .to_string()
-            .chars()
-            .take(MAX_LOGGED_SUBJECT)
-            .collect(),
-        Err(_) => "<unparsable>".to_owned(),
-    }
+    certificate_subject(end_entity).unwrap_or_else(|| "<unparsable>".to_owned())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ServerConfig, SupportedCipherSuite};
 
-pub use client_auth::NamePinnedClientVerifier;
+pub use client_auth::{NamePinnedClientVerifier, certificate_subject};
 
 use crate::config::{ClientAuth, ClientSubjectName, TlsSettings};
 use crate::metrics::Metrics;

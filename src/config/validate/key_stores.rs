@@ -165,6 +165,9 @@ pub(super) fn validate_key_stores(
                 ciphertext_metadata: bytes,
             })
         });
+        let authorization = store
+            .authorization
+            .and_then(|raw| super::authorization(&at("authorization"), raw, errors));
         if let Some(prefix) = prefix {
             stores.push(KeyStoreSettings {
                 name,
@@ -175,6 +178,7 @@ pub(super) fn validate_key_stores(
                 enabled: store.enabled,
                 rate_limit,
                 aws_sample_migration,
+                authorization,
             });
         }
     }

@@ -18,6 +18,7 @@ use super::raw::RawConfig;
 use super::{
     HealthSettings, Hsm, KeyControls, LogFormat, LoggingSettings, ReloadSettings, Settings,
 };
+use crate::authz::{Mode, Policies};
 
 pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> {
     let server = server::validate_server(raw.server, errors);
@@ -30,6 +31,9 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
     let admin = server::validate_admin(raw.admin, errors);
     let keys = key_stores::validate_key_controls(raw.keys, hsm.as_ref().map(Hsm::primary), errors);
     let reload = validate_reload(&raw.reload, errors);
+    let authorization = raw
+        .authorization
+        .and_then(|raw| authorization("authorization", raw, errors));
     Some(Settings {
         server: server?,
         limits: limits?,
@@ -40,7 +44,36 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Option<Settings> 
         admin: admin?,
         keys,
         reload: reload?,
+        authorization,
     })
+}
+
+/// `[authorization]` or `[key_stores.authorization]` at `at`: the mode, and the policy file
+/// parsed and validated against the schema, every problem reported under `<at>.policy_file`
+/// with the file, line, column and policy id.
+pub(super) fn authorization(
+    at: &str,
+    raw: super::raw::RawAuthorization,
+    errors: &mut Errors,
+) -> Option<Policies> {
+    let mode = match raw.mode.as_str() {
+        "enforce" => Some(Mode::Enforce),
+        "log-only" => Some(Mode::LogOnly),
+        _ => {
+            errors.push(format!("{at}.mode"), "must be \"enforce\" or \"log-only\"");
+            None
+        }
+    };
+    let field = format!("{at}.policy_file");
+    match Policies::load(raw.policy_file.clone(), mode.unwrap_or(Mode::Enforce)) {
+        Ok(policies) => mode.map(|_| policies),
+        Err(problems) => {
+            for problem in problems {
+                errors.push(&field, format!("{}: {problem}", raw.policy_file.display()));
+            }
+            None
+        }
+    }
 }
 
 /// Only the `[hsm]` section, for the `keys` commands: a new user makes keys before writing
