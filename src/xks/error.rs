@@ -144,8 +144,18 @@ impl XksError {
 
     /// The compact, single-line JSON body `{"errorName":…,"errorMessage":…}` (ERR-1).
     pub fn to_json(&self) -> String {
-        serde_json::json!({ "errorName": self.name.as_str(), "errorMessage": self.message() })
-            .to_string()
+        /// The body's shape, fields in a fixed order whatever `serde_json`'s map features.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            error_name: &'a str,
+            error_message: &'a str,
+        }
+        let body = Body {
+            error_name: self.name.as_str(),
+            error_message: self.message(),
+        };
+        serde_json::to_string(&body).unwrap_or_default()
     }
 }
 
@@ -189,7 +199,7 @@ mod tests {
         let body = XksError::new(ErrorName::KeyNotFoundException, "no such key").to_json();
         assert_eq!(
             body,
-            r#"{"errorMessage":"no such key","errorName":"KeyNotFoundException"}"#
+            r#"{"errorName":"KeyNotFoundException","errorMessage":"no such key"}"#
         );
     }
 
