@@ -115,8 +115,21 @@ fn check_config(path: &Path) -> Result<(), String> {
     println!("{}: OK", path.display());
     println!("  listen: {}", settings.server.listen);
     for store in &settings.key_stores {
+        let policies = store
+            .authorization
+            .as_ref()
+            .or(settings.authorization.as_ref());
+        let authorization = match policies {
+            Some(p) => format!(
+                "Cedar policies {} ({} policies, {})",
+                p.path.display(),
+                p.len(),
+                p.mode.as_str()
+            ),
+            None => "no secondary authorization".to_owned(),
+        };
         println!(
-            "  key store {:?}: XksProxyUriPath {} ({} credential(s))",
+            "  key store {:?}: XksProxyUriPath {} ({} credential(s)); {authorization}",
             store.name,
             store.prefix.uri_path(),
             store.credentials.len()

@@ -24,6 +24,7 @@ use crate::hsm::fake::MemoryBackend;
 use crate::hsm::{HsmError, KeyUsage};
 use crate::metrics::Metrics;
 
+mod authorization;
 mod lifecycle;
 
 const AKID: &str = "AKIAI2SFODNN7EXAMPLE";
