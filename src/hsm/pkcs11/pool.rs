@@ -2,8 +2,9 @@
 //! implementation" #37; style guide "PKCS#11 work runs on dedicated blocking workers").
 //!
 //! Each worker is a std thread that owns one logged-in [`Session`] (sessions are `Send` but
-//! not `Sync`, so one thread per session). Requests arrive through a bounded MPMC queue of
-//! `queue_depth` slots: a full queue answers [`HsmError::Busy`] at once (ThrottlingException),
+//! not `Sync`, so one thread per session). Requests arrive through an MPMC queue; at most
+//! `sessions + queue_depth` jobs are admitted (running or waiting), and beyond that the answer
+//! is [`HsmError::Busy`] at once (ThrottlingException),
 //! and every job carries its request deadline. The async caller waits on a oneshot with
 //! `timeout_at(deadline)` ([`HsmError::Timeout`], DependencyTimeoutException); a worker drops
 //! a job whose deadline has passed without touching the HSM. No PKCS#11 call ever runs on a
@@ -29,7 +30,7 @@
 //! reopens one, so the two always add up to the open worker sessions.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,9 +70,24 @@ struct Job {
 /// The worker threads and the sending side of their queue.
 pub(super) struct Pool {
     sender: Option<Sender<Job>>,
+    /// Jobs queued or running. A job gives its place back before its caller hears the answer,
+    /// so a request's next job (e.g. the Encrypt after a key's first version lookup) is never
+    /// refused because the worker that answered has not yet gone back to the queue.
+    admitted: Arc<AtomicUsize>,
+    /// Sessions plus `queue_depth`: the most jobs admitted at once.
+    capacity: usize,
     workers: Vec<JoinHandle<()>>,
     /// Which workers hold a session; shutdown wakes the parked ones through it.
     liveness: Arc<Liveness>,
+}
+
+/// A job's place among the admitted ones, given back on drop.
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A job accepted by the queue; [`Submitted::wait`] yields its result.
@@ -87,7 +103,9 @@ impl Pool {
         sessions: Vec<Session>,
         queue_depth: usize,
     ) -> Result<Self, HsmError> {
-        let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
+        let capacity = sessions.len().saturating_add(queue_depth);
+        // Admission is counted (`admitted`); the channel only has to hold what was admitted.
+        let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let open = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
         // Added, not set: the members of a fleet share one gauge.
         shared.observer.add_hsm_sessions(IDLE, open);
@@ -105,13 +123,16 @@ impl Pool {
         }
         Ok(Self {
             sender: Some(sender),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity,
             workers,
             liveness,
         })
     }
 
-    /// Queues `f` to run on a worker's session. Never blocks: a full queue is
-    /// [`HsmError::Busy`], a deadline already past is [`HsmError::Timeout`].
+    /// Queues `f` to run on a worker's session. Never blocks: with every session busy and
+    /// `queue_depth` jobs waiting, the answer is [`HsmError::Busy`]; a deadline already past is
+    /// [`HsmError::Timeout`].
     pub(super) fn submit<T, F>(&self, deadline: Instant, f: F) -> Result<Submitted<T>, HsmError>
     where
         T: Send + 'static,
@@ -125,6 +146,13 @@ impl Pool {
                 "the HSM backend is shutting down".into(),
             ));
         };
+        if self.admitted.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(HsmError::Busy);
+        }
+        // Dropped when the job ends, however it ends (run, dropped past its deadline, or
+        // discarded at shutdown).
+        let admission = Admission(Arc::clone(&self.admitted));
         let (reply, receiver) = oneshot::channel();
         let work: Work = Box::new(move |worker: &mut Worker| {
             let mut result = worker.attempt(&f);
@@ -138,6 +166,8 @@ impl Pool {
                     repair = None;
                 }
             }
+            // The place is free before the caller learns the answer (see `admitted`).
+            drop(admission);
             // The caller may have timed out and gone; nothing to do then.
             let _ = reply.send(result);
             if let Some(Repair { tier, .. }) = repair {
