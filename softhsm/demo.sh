@@ -109,7 +109,9 @@ make_keys() {
     local existing
     existing=$("$bin" keys list --config "$demo/xks-proxy.toml")
     while read -r label usage; do
-        grep -q "^$label " <<<"$existing" && continue
+        # `keys list` rows: MEMBER KEY VERSION LABEL ...; the key exists if it has version 1.
+        awk -v key="$label" '$2 == key && $3 == "1" { found = 1 } END { exit !found }' \
+            <<<"$existing" && continue
         "$bin" keys create --config "$demo/xks-proxy.toml" --label "$label" --usage "$usage" >&2
     done <<KEYS
 demo-key-1 encrypt,decrypt
