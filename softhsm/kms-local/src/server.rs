@@ -118,3 +118,7 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
