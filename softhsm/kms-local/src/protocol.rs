@@ -22,8 +22,10 @@ use crate::error::{ErrorName, KmsError};
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// The `X-Amz-Target` prefix of every KMS operation.
 pub const TARGET_PREFIX: &str = "TrentService.";
-/// The request id header KMS answers with (boto3: `ResponseMetadata.RequestId`).
-pub const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
+/// The request id header KMS answers with, `x-amzn-RequestId` (boto3:
+/// `ResponseMetadata.RequestId`); header names are case-insensitive and `http` stores them
+/// lowercase.
+pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-amzn-requestid");
 
 /// An encryption context: sorted, so its encoding is canonical.
 pub type EncryptionContext = BTreeMap<String, String>;
