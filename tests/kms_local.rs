@@ -2,7 +2,8 @@
 //! `xks-proxy serve` binary and a real SoftHSM2 token: store lifecycle, CreateKey, every
 //! cryptographic operation with and without encryption context, ReEncrypt between an XKS key
 //! and an AWS_KMS key, a wrong credential, an unreachable proxy, a disabled key, credential
-//! rotation, and the request id joining the SDK's answer to the proxy's audit line. The suite
+//! rotation, and the request id joining the SDK's answer to the proxy's audit line. The proxy
+//! requires mTLS, so every call also proves the front presents KMS's client certificate. The suite
 //! itself is `tests/sdk/boto3_suite.py`; this test sets the stage and checks the joins.
 //!
 //! The front is built by the test command (`cargo build -p xks-kms-local` in `tests/run.sh`)
@@ -27,6 +28,9 @@ use support::{AKID_A1, AKID_A2, AKID_B, Ca, SECRET_A1, SECRET_A2, SECRET_B, soft
 const KMS_AKID: &str = "AKIAKMSLOCALTESTUSER";
 const KMS_SECRET: &str = "kms-local-test-secret-0123456789abcdefghij";
 
+/// The subject KMS's client certificate carries in us-east-1 (the proxy pins it, MT-4).
+const KMS_CN: &str = "cks.kms.us-east-1.amazonaws.com";
+
 /// The front's binary, next to the proxy's.
 fn front_binary() -> PathBuf {
     let path = Path::new(BIN).parent().unwrap().join("xks-kms-local");
@@ -45,10 +49,15 @@ struct Front {
 }
 
 impl Front {
-    fn start(ca_file: &Path, state: &Path) -> Self {
+    /// Trusts `dir/ca.pem` and presents `dir/kms-client-{chain,key}.pem` to the proxy.
+    fn start(dir: &Path, state: &Path) -> Self {
         let mut child = Command::new(front_binary())
             .args(["--listen", "127.0.0.1:0", "--ca-bundle"])
-            .arg(ca_file)
+            .arg(dir.join("ca.pem"))
+            .arg("--client-cert")
+            .arg(dir.join("kms-client-chain.pem"))
+            .arg("--client-key")
+            .arg(dir.join("kms-client-key.pem"))
             .arg("--state")
             .arg(state)
             .args(["--credentials", &format!("{KMS_AKID}:{KMS_SECRET}")])
@@ -77,10 +86,12 @@ impl Drop for Front {
     }
 }
 
-/// The proxy's config: store `/tenant-a` with two credentials (or only the first, once
-/// "rotated"), store `/tenant-b`, JSON audit lines on stdout.
+/// The proxy's config: mTLS (a client certificate of `ca` with KMS's us-east-1 name), store
+/// `/tenant-a` with two credentials (or only the first, once "rotated"), store `/tenant-b`,
+/// JSON audit lines on stdout.
 fn proxy_config(dir: &Path, ca: &Ca, second_credential: bool) -> String {
     let (chain, key) = ca.server().write(dir, ca, "server");
+    let ca_file = dir.join("ca.pem");
     let second = if second_credential {
         format!(
             "[[key_stores.credentials]]\naccess_key_id = \"{AKID_A2}\"\nsecret = \"{SECRET_A2}\"\n"
@@ -90,6 +101,7 @@ fn proxy_config(dir: &Path, ca: &Ca, second_credential: bool) -> String {
     };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificate_chain = {chain:?}\nprivate_key = {key:?}\n\
+         [server.tls.client_auth]\nca_bundle = {ca_file:?}\nallowed_subject_names = [\"{KMS_CN}\"]\n\
          [hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nuser_pin = \"{}\"\n\
          [logging]\nlevel = \"info\"\nformat = \"json\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[key_stores]]\nname = \"tenant-a\"\npath_prefix = \"/tenant-a\"\n\
@@ -147,7 +159,8 @@ fn suite(phase: &str, env: &[(&str, String)]) -> String {
 fn boto3_suite_against_front_proxy_and_softhsm() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("kms-local test CA");
-    let ca_file = ca.write(dir.path(), "ca");
+    ca.write(dir.path(), "ca");
+    ca.client(KMS_CN, &[]).write(dir.path(), &ca, "kms-client");
     let config = dir.path().join("xks-proxy.toml");
     let rotated = dir.path().join("xks-proxy.rotated.toml");
     std::fs::write(&config, proxy_config(dir.path(), &ca, true)).unwrap();
@@ -160,7 +173,7 @@ fn boto3_suite_against_front_proxy_and_softhsm() {
 
     let proxy = Server::start(&config);
     let state = dir.path().join("kms-state.json");
-    let front = Front::start(&ca_file, &state);
+    let front = Front::start(dir.path(), &state);
     let env = vec![
         ("KMS_ENDPOINT", format!("http://{}", front.addr)),
         ("KMS_AKID", KMS_AKID.into()),
@@ -225,7 +238,7 @@ fn boto3_suite_against_front_proxy_and_softhsm() {
         let mode = std::fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the state file holds key material");
     }
-    let front = Front::start(&ca_file, &state);
+    let front = Front::start(dir.path(), &state);
     let mut env = env;
     env[0].1 = format!("http://{}", front.addr);
     suite("after-restart", &env);
