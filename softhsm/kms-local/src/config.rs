@@ -37,8 +37,9 @@ pub struct Args {
     #[arg(long, default_value = "111122223333")]
     pub account_id: String,
     /// Require SigV4 (service `kms`) on inbound calls with this credential, `AKID:SECRET`.
-    /// Without it, signatures are accepted as they are.
-    #[arg(long)]
+    /// Without it, signatures are accepted as they are. The environment variable keeps the
+    /// secret out of `ps`.
+    #[arg(long, env = "XKS_KMS_LOCAL_CREDENTIALS", hide_env_values = true)]
     pub credentials: Option<String>,
     /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
     #[arg(long, requires = "tls_key")]
