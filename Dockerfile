@@ -29,8 +29,10 @@ WORKDIR /src
 # do not invalidate this layer.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# Workspace member (the test-only fault module): needed to load the workspace, not built.
+# Workspace members (the test-only fault module and local KMS front): needed to load the
+# workspace, not built.
 COPY softhsm/fault-pkcs11 ./softhsm/fault-pkcs11
+COPY softhsm/kms-local ./softhsm/kms-local
 # The release profile keeps line tables for local backtraces; the image drops them (about
 # 45 MB -> 9 MB) and keeps symbol names, so panics still name their functions.
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo

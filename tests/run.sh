@@ -22,8 +22,16 @@ export XKS_REQUIRE_PROMETHEUS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-# The fault-injecting PKCS#11 module the fault tests load (a cdylib: no CARGO_BIN_EXE_ for it).
-cargo build -p xks-fault-pkcs11 --locked --quiet
+# The fault-injecting PKCS#11 module the fault tests load (a cdylib: no CARGO_BIN_EXE_ for it),
+# and the local KMS front the SDK suite drives (another package's binary: none either).
+cargo build -p xks-fault-pkcs11 -p xks-kms-local --locked --quiet
+# boto3 for tests/sdk/boto3_suite.py: the machine's python3 if it has it, else a venv in target/.
+if ! python3 -c 'import boto3' 2>/dev/null; then
+    venv=${CARGO_TARGET_DIR:-target}/sdk-venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -c 'import boto3' 2>/dev/null || "$venv/bin/pip" install --quiet boto3
+    export XKS_PYTHON=$venv/bin/python
+fi
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     cargo test --workspace --doc --locked
