@@ -7,12 +7,14 @@
 # foreground (Ctrl-C stops it). Re-running reuses what exists.
 #
 # Environment: XKS_DEMO_DIR (default ./.demo), XKS_DEMO_LISTEN (default 127.0.0.1:8443),
-# XKS_PROXY_BIN (use this binary instead of building one).
+# XKS_DEMO_ADMIN_LISTEN (metrics and probes, default 127.0.0.1:9443), XKS_PROXY_BIN (use this
+# binary instead of building one).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 demo=${XKS_DEMO_DIR:-$root/.demo}
 listen=${XKS_DEMO_LISTEN:-127.0.0.1:8443}
+admin_listen=${XKS_DEMO_ADMIN_LISTEN:-127.0.0.1:9443}
 port=${listen##*:}
 token_label=xks-demo
 prefix=/demo
@@ -62,12 +64,25 @@ CONF
 }
 
 make_certificate() {
-    [ -f "$demo/tls/cert.pem" ] && return
-    say "creating a self-signed TLS certificate for localhost"
+    # A demo CA and a localhost certificate it signed, as a real deployment has (a public CA):
+    # clients that follow RFC 5280 strictly (rustls, so the local KMS front) refuse a
+    # self-signed CA certificate used as a server's own. Earlier demos made only cert.pem.
+    [ -f "$demo/tls/ca.pem" ] && [ -f "$demo/tls/cert.pem" ] && return
+    say "creating a demo CA and a TLS certificate for localhost"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
-        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$demo/tls/key.pem" -out "$demo/tls/cert.pem" 2>/dev/null
-    chmod 600 "$demo/tls/key.pem"
+        -subj "/CN=xks-proxy demo CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$demo/tls/ca-key.pem" -out "$demo/tls/ca.pem" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout "$demo/tls/key.pem" -out "$demo/tls/cert.csr" 2>/dev/null
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        >"$demo/tls/cert.ext"
+    openssl x509 -req -in "$demo/tls/cert.csr" -CA "$demo/tls/ca.pem" \
+        -CAkey "$demo/tls/ca-key.pem" -CAcreateserial -days 365 -extfile "$demo/tls/cert.ext" \
+        -out "$demo/tls/cert.pem" 2>/dev/null
+    rm -f "$demo/tls/cert.csr" "$demo/tls/cert.ext" "$demo/tls/ca.srl"
+    chmod 600 "$demo/tls/key.pem" "$demo/tls/ca-key.pem"
 }
 
 make_credential() {
@@ -95,6 +110,8 @@ token_label = "$token_label"
 user_pin_file = "$demo/user-pin"
 [logging]
 format = "text"
+[admin]
+listen = "$admin_listen"
 [[key_stores]]
 name = "demo"
 path_prefix = "$prefix"
@@ -132,14 +149,14 @@ demo-decrypt-only, demo-no-usage). KMS console file: $demo/kms-console.json
 Encrypt "Hello World!" (paste into another terminal):
 
 curl --aws-sigv4 "aws:amz:us-east-1:kms-xks-proxy" --user "$access_key_id:$secret" \\
-  --cacert "$demo/tls/cert.pem" -H "Content-Type: application/json" \\
+  --cacert "$demo/tls/ca.pem" -H "Content-Type: application/json" \\
   --data '{$meta,"plaintext":"SGVsbG8gV29ybGQh","encryptionAlgorithm":"AES_GCM"}' \\
   $url/keys/demo-key-1/encrypt
 
 Health:
 
 curl --aws-sigv4 "aws:amz:us-east-1:kms-xks-proxy" --user "$access_key_id:$secret" \\
-  --cacert "$demo/tls/cert.pem" -H "Content-Type: application/json" \\
+  --cacert "$demo/tls/ca.pem" -H "Content-Type: application/json" \\
   --data '{"requestMetadata":{"kmsRequestId":"demo-2","kmsOperation":"KmsHealthCheck"}}' \\
   $url/health
 

@@ -30,6 +30,8 @@ impl Demo {
         let mut child = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/demo.sh"))
             .env("XKS_DEMO_DIR", dir)
             .env("XKS_DEMO_LISTEN", listen)
+            // Any free port: a demo or proxy already running here keeps its 9443.
+            .env("XKS_DEMO_ADMIN_LISTEN", "127.0.0.1:0")
             .env("XKS_PROXY_BIN", BIN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
