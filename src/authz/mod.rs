@@ -7,9 +7,10 @@
 //! validated against the schema when the configuration loads (`load.rs`), so a running proxy
 //! only ever holds valid policy sets; a reload with a bad file keeps the old ones.
 //!
-//! Evaluation builds two small entities per request and never re-parses policies. Cedar is
-//! deny-overrides and default-deny, and every decision names the policies that determined
-//! it, which the audit line carries (LOG-5). An evaluation error denies (fail closed).
+//! Evaluation builds two small entities per request and never re-parses policies; a decision
+//! taken once is kept for the same inputs ([`evaluate`]). Cedar is deny-overrides and
+//! default-deny, and every decision names the policies that determined it, which the audit
+//! line carries (LOG-5). An evaluation error denies (fail closed).
 
 mod load;
 
@@ -73,6 +74,8 @@ pub struct Policies {
     /// Enforce or only log.
     pub mode: Mode,
     set: Arc<PolicySet>,
+    /// Decisions already taken by this set (a reload makes a new set, so a new cache).
+    decisions: Arc<DecisionCache>,
 }
 
 impl fmt::Debug for Policies {
@@ -98,11 +101,16 @@ impl Policies {
     /// Policies from `path`, parsed and validated against the schema.
     pub fn load(path: PathBuf, mode: Mode) -> Result<Self, Vec<PolicyError>> {
         let set = load_policy_file(&path)?;
-        Ok(Self {
+        Ok(Self::new(path, mode, set))
+    }
+
+    fn new(path: PathBuf, mode: Mode, set: PolicySet) -> Self {
+        Self {
             path,
             mode,
             set: Arc::new(set),
-        })
+            decisions: Arc::default(),
+        }
     }
 
     /// How many policies the file holds.
@@ -164,7 +172,7 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// The policies that determined it: the permits of an allow, the forbids of a denial
     /// (empty for a default deny). Their `@id` annotation where they have one (LOG-5).
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     /// Why evaluation failed, when it did (never contains request data beyond ids).
     pub errors: Vec<String>,
     /// The mode the decision was taken in.
@@ -200,24 +208,130 @@ impl Verdict {
     }
 }
 
-/// Evaluates `query` against `policies`.
+/// Evaluates `query` against `policies`: from the decision cache when the same inputs were
+/// decided before, else with Cedar.
+///
+/// Cedar is deterministic: a decision depends only on the policies and on the request's
+/// principal, action, resource and context, and the schema gives policies nothing else to read
+/// (no request id, no clock). So a decision taken once for the same inputs is the decision,
+/// and KMS traffic repeats the same few callers, keys and operations all day. Interpreting a
+/// few dozen statements costs a hundred microseconds or more on a small machine
+/// (`cargo bench --bench authz`); a cached decision costs one hash of the inputs.
 pub fn evaluate(policies: &Policies, query: &Query<'_>) -> Verdict {
+    let key = cache_key(query);
+    let (outcome_if_denied, mode) = (deny_outcome(policies.mode), policies.mode);
+    if let Some(decided) = policies.decisions.get(&key) {
+        return decided.verdict(outcome_if_denied, mode);
+    }
     let (decision, determining, errors) = match decide(&policies.set, query) {
         Ok(response) => response,
         Err(error) => (Decision::Deny, Vec::new(), vec![error]),
     };
-    let allowed = decision == Decision::Allow && errors.is_empty();
-    let outcome = match (allowed, policies.mode) {
-        (true, _) => Outcome::Allow,
-        (false, Mode::Enforce) => Outcome::Deny,
-        (false, Mode::LogOnly) => Outcome::WouldDeny,
+    let decided = Decided {
+        allowed: decision == Decision::Allow && errors.is_empty(),
+        policies: determining.into(),
     };
-    Verdict {
-        outcome,
-        policies: determining,
-        errors,
-        mode: policies.mode,
+    // A failed evaluation is not a decision worth keeping: it is logged every time.
+    if errors.is_empty() {
+        policies.decisions.insert(key, decided.clone());
     }
+    Verdict {
+        errors,
+        ..decided.verdict(outcome_if_denied, mode)
+    }
+}
+
+/// What a denial becomes in `mode`.
+fn deny_outcome(mode: Mode) -> Outcome {
+    match mode {
+        Mode::Enforce => Outcome::Deny,
+        Mode::LogOnly => Outcome::WouldDeny,
+    }
+}
+
+/// A cached decision.
+#[derive(Debug, Clone)]
+struct Decided {
+    allowed: bool,
+    policies: Arc<[String]>,
+}
+
+impl Decided {
+    fn verdict(&self, if_denied: Outcome, mode: Mode) -> Verdict {
+        Verdict {
+            outcome: if self.allowed {
+                Outcome::Allow
+            } else {
+                if_denied
+            },
+            policies: Arc::clone(&self.policies),
+            errors: Vec::new(),
+            mode,
+        }
+    }
+}
+
+/// Most decisions one policy set keeps. Past it the cache starts over: simple, bounded, and a
+/// caller inventing new inputs (it needs a valid SigV4 credential) only costs the evaluations
+/// it would have cost without a cache.
+const CACHE_CAPACITY: usize = 4096;
+
+/// Decisions by their inputs.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    map: parking_lot::Mutex<HashMap<Box<[u8]>, Decided>>,
+}
+
+impl DecisionCache {
+    fn get(&self, key: &[u8]) -> Option<Decided> {
+        self.map.lock().get(key).cloned()
+    }
+
+    fn insert(&self, key: Vec<u8>, decided: Decided) {
+        let mut map = self.map.lock();
+        if map.len() >= CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(key.into_boxed_slice(), decided);
+    }
+}
+
+/// Every input a policy can read, each length-prefixed (absent and empty differ), so two
+/// requests share a key only if Cedar would see the same request.
+fn cache_key(query: &Query<'_>) -> Vec<u8> {
+    let metadata = query.metadata;
+    let fields = [
+        Some(query.action.as_str()),
+        Some(query.key_store),
+        Some(query.key_id),
+        metadata.aws_principal_arn.as_deref(),
+        Some(metadata.kms_operation.as_str()),
+        metadata.kms_key_arn.as_deref(),
+        metadata.kms_via_service.as_deref(),
+        metadata.aws_source_vpc.as_deref(),
+        metadata.aws_source_vpce.as_deref(),
+        Some(query.region),
+        query.mtls_subject,
+    ];
+    let mut key = Vec::with_capacity(256);
+    for field in fields {
+        match field {
+            Some(value) => {
+                key.push(1);
+                key.extend_from_slice(&(value.len() as u64).to_be_bytes());
+                key.extend_from_slice(value.as_bytes());
+            }
+            None => key.push(0),
+        }
+    }
+    match query.key_version {
+        Some(version) => {
+            key.push(1);
+            key.extend_from_slice(&version.to_be_bytes());
+        }
+        None => key.push(0),
+    }
+    key
 }
 
 /// Runs Cedar: the decision, the determining policy ids, and the evaluation errors.
@@ -315,7 +429,6 @@ fn context(query: &Query<'_>) -> Result<Context, String> {
     let metadata = query.metadata;
     let mut pairs = vec![
         ("kmsOperation".to_owned(), string(&metadata.kms_operation)),
-        ("kmsRequestId".to_owned(), string(&metadata.kms_request_id)),
         ("region".to_owned(), string(query.region)),
         ("keyStore".to_owned(), string(query.key_store)),
     ];

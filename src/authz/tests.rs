@@ -5,11 +5,11 @@ use super::load::parse_policies;
 use super::*;
 
 fn policies(text: &str, mode: Mode) -> Policies {
-    Policies {
-        path: PathBuf::from("test.cedar"),
+    Policies::new(
+        PathBuf::from("test.cedar"),
         mode,
-        set: Arc::new(parse_policies(text).unwrap()),
-    }
+        parse_policies(text).unwrap(),
+    )
 }
 
 fn metadata(principal: &str, vpce: Option<&str>) -> RequestMetadata {
@@ -57,7 +57,7 @@ permit (principal, action, resource) when { principal has account && principal.a
     let alice = metadata(ALICE, None);
     let verdict = evaluate(&p, &query(Action::Encrypt, &alice));
     assert_eq!(verdict.outcome, Outcome::Allow);
-    assert_eq!(verdict.policies, ["account-a"]);
+    assert_eq!(*verdict.policies, ["account-a".to_owned()]);
     let mallory = metadata(MALLORY, None);
     let verdict = evaluate(&p, &query(Action::Encrypt, &mallory));
     assert_eq!(verdict.outcome, Outcome::Deny);
@@ -82,7 +82,7 @@ when { principal.arn like "arn:aws:iam::111122223333:role/app-*" };"#;
         let verdict = evaluate(&policies(text, mode), &query(Action::Decrypt, &alice));
         assert_eq!(
             (verdict.outcome, verdict.policies.clone()),
-            (outcome, vec!["no-app-decrypt".to_owned()])
+            (outcome, vec!["no-app-decrypt".to_owned()].into())
         );
         assert_eq!(verdict.permits(), mode == Mode::LogOnly);
     }
@@ -170,4 +170,61 @@ fn account_ids_come_only_from_arns_that_have_one() {
     assert_eq!(account_of("111122223333"), None);
     assert_eq!(account_of("arn:aws:iam::1234:root"), None);
     assert_eq!(account_of("arn:aws:s3:::bucket"), None);
+}
+
+#[test]
+fn a_cached_decision_is_the_decision_for_the_same_inputs_only() {
+    let text = r#"@id("vpce") permit (principal, action, resource)
+when { context has awsSourceVpce && context.awsSourceVpce == "vpce-1" };"#;
+    let p = policies(text, Mode::Enforce);
+    let through = metadata(ALICE, Some("vpce-1"));
+    let other = metadata(ALICE, Some("vpce-2"));
+    let none = metadata(ALICE, None);
+    for _ in 0..3 {
+        assert_eq!(
+            evaluate(&p, &query(Action::Encrypt, &through)).outcome,
+            Outcome::Allow
+        );
+        assert_eq!(
+            evaluate(&p, &query(Action::Encrypt, &other)).outcome,
+            Outcome::Deny
+        );
+        assert_eq!(
+            evaluate(&p, &query(Action::Encrypt, &none)).outcome,
+            Outcome::Deny
+        );
+    }
+    assert_eq!(p.decisions.map.lock().len(), 3);
+    // An absent field and an empty one are different inputs.
+    let empty = metadata(ALICE, Some(""));
+    assert_ne!(
+        cache_key(&query(Action::Encrypt, &none)),
+        cache_key(&query(Action::Encrypt, &empty))
+    );
+    // The same set in log-only mode (a reload) starts with an empty cache and its own outcome.
+    let log_only = policies(text, Mode::LogOnly);
+    assert_eq!(
+        evaluate(&log_only, &query(Action::Encrypt, &other)).outcome,
+        Outcome::WouldDeny
+    );
+    // The request id is not an input: it does not split the cache.
+    let mut again = through.clone();
+    again.kms_request_id = "r-2".into();
+    assert_eq!(
+        cache_key(&query(Action::Encrypt, &through)),
+        cache_key(&query(Action::Encrypt, &again))
+    );
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let p = policies("permit (principal, action, resource);", Mode::Enforce);
+    for n in 0..(CACHE_CAPACITY + 10) {
+        let m = metadata(&format!("arn:aws:iam::111122223333:user/u{n}"), None);
+        assert_eq!(
+            evaluate(&p, &query(Action::Encrypt, &m)).outcome,
+            Outcome::Allow
+        );
+        assert!(p.decisions.map.lock().len() <= CACHE_CAPACITY);
+    }
 }
