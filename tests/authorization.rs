@@ -740,9 +740,10 @@ async fn az_3_get_health_status_is_never_evaluated_even_under_deny_all() {
         .assert_ok();
     assert_denied(&a.encrypt(&[("kmsRequestId", "authz-empty")]).await);
     let (_, denied) = audit_line(&server, "authz-empty");
+    // A default deny: no policy decided it, so none is named.
     assert_eq!(
         (&denied["authz_decision"], &denied["authz_policies"]),
-        (&"deny".into(), &"".into())
+        (&"deny".into(), &serde_json::Value::Null)
     );
 
     let metrics = admin(&server, "GET", "/metrics").await.text();

@@ -159,7 +159,10 @@ impl AuditRecord {
             refused_by = self.refused_by,
             ciphertext_format = self.ciphertext_format,
             authz_decision = authz.map(|v| v.outcome.as_str()),
-            authz_policies = authz.map(|v| v.policies.join(",")),
+            // Absent for a default deny: no policy decided it.
+            authz_policies = authz
+                .filter(|v| !v.policies.is_empty())
+                .map(|v| v.policies.join(",")),
             authz_mode = authz.map(|v| v.mode.as_str()),
             "xks request"
         );
