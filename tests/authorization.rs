@@ -743,7 +743,7 @@ async fn az_3_get_health_status_is_never_evaluated_even_under_deny_all() {
     // A default deny: no policy decided it, so none is named.
     assert_eq!(
         (&denied["authz_decision"], &denied["authz_policies"]),
-        (&"deny".into(), &serde_json::Value::Null)
+        (&"deny".into(), &Value::Null)
     );
 
     let metrics = admin(&server, "GET", "/metrics").await.text();
