@@ -50,10 +50,11 @@ pub fn front_binary() -> PathBuf {
 /// `tests/run.sh` makes (`<target>/sdk-venv`), else `python3`. Panics, naming
 /// `./tests/run.sh`, when none does.
 pub fn python(modules: &[&str]) -> String {
-    let venv = target_dir().join("sdk-venv/bin/python");
-    let candidates = std::env::var("XKS_PYTHON")
-        .into_iter()
-        .chain([venv.display().to_string(), "python3".into()]);
+    let venv = target_dir().join("sdk-venv");
+    let candidates = std::env::var("XKS_PYTHON").into_iter().chain([
+        venv.join("bin/python").display().to_string(),
+        "python3".into(),
+    ]);
     let probe = modules
         .iter()
         .map(|m| format!("import {m}"))
@@ -70,7 +71,7 @@ pub fn python(modules: &[&str]) -> String {
         }
     }
     panic!(
-        "no Python with {modules:?}: run `./tests/run.sh` (it installs them into {}) \
+        "no Python with {modules:?}: run `./tests/run.sh` (it installs them into the venv {}) \
          or set XKS_PYTHON",
         venv.display()
     );
