@@ -6,16 +6,33 @@
 # SigV4 credential, prints a ready-to-paste `curl --aws-sigv4` command, then serves in the
 # foreground (Ctrl-C stops it). Re-running reuses what exists.
 #
+# With `--with-kms-front` (or XKS_DEMO_KMS_FRONT=1) it also builds and starts the local KMS
+# front (`xks-kms-local`, softhsm/kms-local) on http://127.0.0.1:8444, trusting the demo CA and
+# keeping its stores and keys in $demo/kms-state.json, and prints a ready-to-paste boto3 snippet
+# that creates a custom key store and an XKS key through it and encrypts with them. The front
+# stops when the proxy stops.
+#
 # Environment: XKS_DEMO_DIR (default ./.demo), XKS_DEMO_LISTEN (default 127.0.0.1:8443),
 # XKS_DEMO_ADMIN_LISTEN (metrics and probes, default 127.0.0.1:9443), XKS_PROXY_BIN (use this
-# binary instead of building one).
+# binary instead of building one), XKS_DEMO_KMS_FRONT=1, XKS_DEMO_KMS_LISTEN (default
+# 127.0.0.1:8444), XKS_KMS_LOCAL_BIN (use this front binary instead of building one),
+# XKS_DEMO_PYTHON (the python the snippet names, default python3; it needs boto3).
 set -euo pipefail
+
+with_front=${XKS_DEMO_KMS_FRONT:-0}
+for arg in "$@"; do
+    case $arg in
+        --with-kms-front) with_front=1 ;;
+        *) echo "usage: $0 [--with-kms-front]" >&2; exit 2 ;;
+    esac
+done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 demo=${XKS_DEMO_DIR:-$root/.demo}
 listen=${XKS_DEMO_LISTEN:-127.0.0.1:8443}
 admin_listen=${XKS_DEMO_ADMIN_LISTEN:-127.0.0.1:9443}
 port=${listen##*:}
+kms_listen=${XKS_DEMO_KMS_LISTEN:-127.0.0.1:8444}
 token_label=xks-demo
 prefix=/demo
 module=/usr/lib/softhsm/libsofthsm2.so
@@ -43,6 +60,38 @@ build() {
     say "building xks-proxy (release)"
     cargo build --release --locked --bin xks-proxy --manifest-path "$root/Cargo.toml" >&2
     bin=$root/target/release/xks-proxy
+}
+
+build_front() {
+    if [ -n "${XKS_KMS_LOCAL_BIN:-}" ]; then
+        front_bin=$XKS_KMS_LOCAL_BIN
+        return
+    fi
+    say "building xks-kms-local (release)"
+    cargo build --release --locked -p xks-kms-local --manifest-path "$root/Cargo.toml" >&2
+    front_bin=$root/target/release/xks-kms-local
+}
+
+# Starts the front in the background and waits (10 s at most) for its startup line. Until the
+# proxy takes over this process, an EXIT trap stops the front; afterwards a watcher does: it
+# holds the read end of a pipe whose only writer is this process (so the proxy, after `exec`),
+# and stops the front when that end closes, however the proxy ended.
+start_front() {
+    say "starting xks-kms-local on $kms_listen"
+    "$front_bin" --listen "$kms_listen" --ca-bundle "$demo/tls/ca.pem" \
+        --state "$demo/kms-state.json" >"$demo/kms-local.log" 2>&1 &
+    front_pid=$!
+    trap 'kill "$front_pid" 2>/dev/null || true' EXIT
+    local tries=0
+    until grep -q "listening on" "$demo/kms-local.log"; do
+        if ! kill -0 "$front_pid" 2>/dev/null || [ $((tries += 1)) -gt 100 ]; then
+            cat "$demo/kms-local.log" >&2
+            echo "xks-kms-local did not start on $kms_listen" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    exec {front_watch}> >(cat >/dev/null; kill "$front_pid" 2>/dev/null)
 }
 
 make_token() {
@@ -161,15 +210,47 @@ curl --aws-sigv4 "aws:amz:us-east-1:kms-xks-proxy" --user "$access_key_id:$secre
   $url/health
 
 USAGE
+    [ "$with_front" = 1 ] || return 0
+    cat <<USAGE
+Local KMS front: http://$kms_listen (state $demo/kms-state.json, log $demo/kms-local.log).
+Create a custom key store and an XKS key through it, then encrypt (boto3; re-running reuses
+both; paste into another terminal):
+
+${XKS_DEMO_PYTHON:-python3} - <<'EOF'
+import boto3, json
+kms = boto3.client("kms", endpoint_url="http://$kms_listen", region_name="us-east-1",
+                   aws_access_key_id="demo", aws_secret_access_key="demo")
+console = json.load(open("$demo/kms-console.json"))
+stores = [s for s in kms.describe_custom_key_stores()["CustomKeyStores"] if s["CustomKeyStoreName"] == "demo"]
+if stores:
+    store = stores[0]["CustomKeyStoreId"]
+else:
+    store = kms.create_custom_key_store(CustomKeyStoreName="demo",
+        CustomKeyStoreType="EXTERNAL_KEY_STORE", XksProxyUriEndpoint="https://localhost:$port",
+        XksProxyUriPath=console["XksProxyUriPath"], XksProxyConnectivity="PUBLIC_ENDPOINT",
+        XksProxyAuthenticationCredential=console["XksProxyAuthenticationCredential"])["CustomKeyStoreId"]
+if not stores or stores[0]["ConnectionState"] != "CONNECTED":
+    kms.connect_custom_key_store(CustomKeyStoreId=store)
+keys = [k["KeyId"] for k in kms.list_keys()["Keys"] if kms.describe_key(KeyId=k["KeyId"])
+        ["KeyMetadata"].get("XksKeyConfiguration", {}).get("Id") == "demo-key-1"]
+key = keys[0] if keys else kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=store,
+    XksKeyId="demo-key-1", Description="demo")["KeyMetadata"]["KeyId"]
+blob = kms.encrypt(KeyId=key, Plaintext=b"Hello World!", EncryptionContext={"app": "demo"})["CiphertextBlob"]
+print(key, kms.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "demo"})["Plaintext"].decode())
+EOF
+
+USAGE
 }
 
 install_packages
 build
+if [ "$with_front" = 1 ]; then build_front; fi
 make_token
 make_certificate
 make_credential
 write_config
 make_keys
+if [ "$with_front" = 1 ]; then start_front; fi
 print_usage
 say "serving on $listen (Ctrl-C to stop)"
 exec "$bin" serve --config "$demo/xks-proxy.toml"

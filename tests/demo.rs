@@ -1,7 +1,9 @@
 //! `softhsm/demo.sh`, the README's "run the proxy" command, run twice as a user would: the
 //! first run makes the token, keys, certificate and credential and serves; the second reuses
 //! them all (it must not try to create the keys again) and serves; the curl command it prints
-//! works against it.
+//! works against it. With `--with-kms-front` the demo also starts the local KMS front: the
+//! boto3 snippet it prints works (and reuses store and key on a second run), and the front
+//! stops when the proxy does.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -27,7 +29,19 @@ struct Demo {
 impl Demo {
     /// Starts the script and waits for its "serving" line.
     fn start(dir: &std::path::Path, listen: &str) -> Self {
+        Self::start_with(dir, listen, &[], &[])
+    }
+
+    /// [`Demo::start`] with arguments and extra environment variables.
+    fn start_with(
+        dir: &std::path::Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let mut child = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/demo.sh"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("XKS_DEMO_DIR", dir)
             .env("XKS_DEMO_LISTEN", listen)
             // Any free port: a demo or proxy already running here keeps its 9443.
@@ -102,7 +116,14 @@ impl Drop for Demo {
 
 /// The `curl` command for the Encrypt that the demo printed, run as printed.
 fn printed_encrypt(stdout: &str) -> String {
-    let start = stdout.find("curl --aws-sigv4").expect("a curl command");
+    run_printed(stdout, "curl --aws-sigv4")
+}
+
+/// Runs, as printed, the command that starts with `start` and ends at the next blank line.
+fn run_printed(stdout: &str, start: &str) -> String {
+    let start = stdout
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in {stdout}"));
     let command: String = stdout[start..]
         .lines()
         .take_while(|line| !line.trim().is_empty())
@@ -165,4 +186,51 @@ fn the_demo_serves_and_a_second_run_reuses_everything() {
         sealed.contains("\"ciphertextMetadata\":\"AQAAAAE=\""),
         "{sealed}"
     );
+}
+
+/// A free loopback address.
+fn free_listen() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn the_demo_with_the_kms_front_prints_a_working_boto3_snippet() {
+    let python = support::kms_front::python(&["boto3"]);
+    let front = support::kms_front::front_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_listen();
+    let kms_listen = free_listen();
+    let env = [
+        ("XKS_DEMO_KMS_LISTEN", kms_listen.clone()),
+        ("XKS_KMS_LOCAL_BIN", front.display().to_string()),
+        ("XKS_DEMO_PYTHON", python.clone()),
+    ];
+    let first = Demo::start_with(dir.path(), &listen, &["--with-kms-front"], &env);
+    let out = run_printed(&first.stdout, &python);
+    let (key, plaintext) = out.trim().split_once(' ').unwrap();
+    assert_eq!(plaintext, "Hello World!", "{out}");
+
+    // The front stops with the proxy (here killed, as the first test's drop does).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&kms_listen).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the front still listens on {kms_listen} 5 s after the proxy stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The environment variable works as the flag does; the front's state file kept the store
+    // and the key, which the snippet reuses.
+    let mut env = env.to_vec();
+    env.push(("XKS_DEMO_KMS_FRONT", "1".to_owned()));
+    let second = Demo::start_with(dir.path(), &listen, &[], &env);
+    let out = run_printed(&second.stdout, &python);
+    assert_eq!(out.trim(), format!("{key} Hello World!"));
 }

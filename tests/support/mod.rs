@@ -16,6 +16,7 @@ pub mod bodies;
 pub mod client;
 pub mod faults;
 pub mod isolation;
+pub mod kms_front;
 pub mod pki;
 pub mod sigv4;
 pub mod softhsm;
