@@ -37,8 +37,9 @@ pub enum AuthError {
     /// The credential scope date differs from the date part of `X-Amz-Date` (AU-9).
     #[error("credential scope date does not match the date of X-Amz-Date")]
     ScopeDateMismatch,
-    /// The credential scope service is not `kms-xks-proxy` (AU-3).
-    #[error("credential scope service must be kms-xks-proxy")]
+    /// The credential scope names another service than the verifier's (`kms-xks-proxy` for
+    /// the XKS API, AU-3).
+    #[error("credential scope names another service")]
     WrongService,
     /// The credential scope does not end with `aws4_request` (AU-3).
     #[error("credential scope terminator must be aws4_request")]

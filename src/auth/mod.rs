@@ -33,6 +33,10 @@ const PROVIDER: &str = "xks-proxy-config";
 /// Build a new one on configuration reload and swap it in (ROT-2); it is immutable.
 #[derive(Clone)]
 pub struct CredentialStore {
+    /// The SigV4 service the credential scope must name: `kms-xks-proxy` for the XKS API
+    /// (AU-3); other AWS-style APIs (the local KMS front's `kms`) reuse the verifier with
+    /// theirs.
+    service: &'static str,
     credentials: Vec<StoredCredential>,
     allowed_regions: Option<Vec<String>>,
     /// Signs requests with an unknown access key id, so that they cost the same time as a
@@ -60,12 +64,27 @@ impl CredentialStore {
     ) -> Self {
         let credentials = credentials
             .iter()
-            .map(|c| StoredCredential {
-                access_key_id: c.access_key_id.as_str().to_owned(),
-                identity: identity(c.access_key_id.as_str(), c.secret.expose_secret()),
+            .map(|c| (c.access_key_id.as_str(), c.secret.expose_secret()));
+        Self::for_service(sigv4::SERVICE, credentials, allowed_regions)
+    }
+
+    /// A verifier for another SigV4 `service` (e.g. `kms`), with plain access key ids and
+    /// secrets: the XKS rules on their shape (AU-14) are the configuration's business, not
+    /// the verifier's.
+    pub fn for_service<'a>(
+        service: &'static str,
+        credentials: impl IntoIterator<Item = (&'a str, &'a str)>,
+        allowed_regions: Option<&[String]>,
+    ) -> Self {
+        let credentials = credentials
+            .into_iter()
+            .map(|(access_key_id, secret)| StoredCredential {
+                access_key_id: access_key_id.to_owned(),
+                identity: identity(access_key_id, secret),
             })
             .collect();
         Self {
+            service,
             credentials,
             allowed_regions: allowed_regions.map(<[String]>::to_vec),
             decoy: identity(

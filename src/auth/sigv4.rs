@@ -35,7 +35,7 @@ use super::header::{AuthorizationHeader, parse_amz_date, parse_authorization};
 use super::{AuthError, Authenticated, CredentialStore};
 
 /// The service in every XKS credential scope (AU-3).
-const SERVICE: &str = "kms-xks-proxy";
+pub(super) const SERVICE: &str = "kms-xks-proxy";
 /// The credential scope terminator (AU-3).
 const TERMINATOR: &str = "aws4_request";
 /// Largest accepted distance between `X-Amz-Date` and the server clock, either way (AU-11).
@@ -92,7 +92,7 @@ fn verify_parsed(
     now: SystemTime,
     auth: &AuthorizationHeader<'_>,
 ) -> Result<Authenticated, AuthError> {
-    if auth.scope.service != SERVICE {
+    if auth.scope.service != store.service {
         return Err(AuthError::WrongService);
     }
     if auth.scope.terminator != TERMINATOR {
@@ -209,7 +209,8 @@ fn compute_signature(
     let params = v4::SigningParams::builder()
         .identity(identity)
         .region(auth.scope.region)
-        .name(SERVICE)
+        // Equal to the verifier's service: checked before any signing.
+        .name(auth.scope.service)
         .time(signing_time)
         .settings(signing_settings())
         .build()
