@@ -1,6 +1,16 @@
 //! Process logging: `tracing` with a JSON (default) or text formatter on stdout, and a filter
 //! that can be replaced at runtime (configuration reload).
+//!
+//! Lines reach stdout through a bounded, non-blocking writer (`tracing-appender`): a request
+//! thread only queues its audit line, and a dedicated thread writes. If stdout stops keeping up
+//! (a stalled journald, a full container log pipe), requests still complete: lines beyond
+//! [`BUFFERED_LINES`] are dropped, counted in `xks_log_lines_dropped_total` and reported on
+//! stderr once per [`LOSS_REPORT_INTERVAL`]. Never silently.
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -32,8 +42,39 @@ pub fn dependency_caps() -> Targets {
         .with_target("aws_smithy_runtime_api", LevelFilter::INFO)
 }
 
-/// Installs the global subscriber; fails if one is installed already.
-pub fn init(settings: &LoggingSettings) -> Result<LogLevelHandle, String> {
+/// Lines the writer holds for stdout before it drops: about 10 MiB of audit lines, and
+/// seconds of the highest request rates.
+pub const BUFFERED_LINES: usize = 16_384;
+/// How often dropped lines are reported on stderr (when there are new ones).
+pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The writer's count of dropped lines, once logging is installed.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because stdout did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |counter| {
+        u64::try_from(counter.dropped_lines()).unwrap_or(u64::MAX)
+    })
+}
+
+/// Keeps the log writer running; dropping it flushes what is queued (at process exit).
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
+/// Installs the global subscriber; fails if one is installed already. Keep the [`LogGuard`]
+/// until the process exits, so queued lines are written.
+pub fn init(settings: &LoggingSettings) -> Result<(LogLevelHandle, LogGuard), String> {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("xks-proxy-log")
+        .finish(std::io::stdout());
+    let counter = writer.error_counter();
+    if DROPPED.set(counter.clone()).is_ok() {
+        report_losses(counter);
+    }
     let filter = EnvFilter::try_new(&settings.level).map_err(|e| format!("logging.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry()
@@ -46,13 +87,37 @@ pub fn init(settings: &LoggingSettings) -> Result<LogLevelHandle, String> {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_writer(std::io::stdout),
+                    .with_writer(writer),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stdout))
-            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(writer)).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
-    Ok(LogLevelHandle(handle))
+    Ok((LogLevelHandle(handle), LogGuard { _writer: guard }))
+}
+
+/// Reports new losses on stderr every [`LOSS_REPORT_INTERVAL`]: stdout is the thing not keeping
+/// up, so the report goes elsewhere (and to the metric).
+fn report_losses(counter: ErrorCounter) {
+    let spawned = std::thread::Builder::new()
+        .name("xks-proxy-log-loss".into())
+        .spawn(move || {
+            let mut reported = 0;
+            loop {
+                std::thread::sleep(LOSS_REPORT_INTERVAL);
+                let dropped = counter.dropped_lines();
+                if dropped > reported {
+                    eprintln!(
+                        "xks-proxy: {} log line(s) dropped in the last {}s ({dropped} in all): \
+                         stdout is not keeping up with the log (see xks_log_lines_dropped_total)",
+                        dropped - reported,
+                        LOSS_REPORT_INTERVAL.as_secs(),
+                    );
+                    reported = dropped;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("xks-proxy: cannot start the log loss reporter: {e}");
+    }
 }

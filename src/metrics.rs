@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::TypedMetric;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -233,6 +233,7 @@ impl Metrics {
         );
         let tls_not_after = Arc::new(AtomicI64::new(0));
         registry.register_collector(Box::new(TlsExpiry(Arc::clone(&tls_not_after))));
+        registry.register_collector(Box::new(LogLinesDropped));
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -492,6 +493,24 @@ impl Collector for TlsExpiry {
             ConstGauge::<f64>::TYPE,
         )?;
         gauge.encode(metric)
+    }
+}
+
+/// `xks_log_lines_dropped_total`: read from the log writer at every scrape.
+#[derive(Debug)]
+struct LogLinesDropped;
+
+impl Collector for LogLinesDropped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counter = ConstCounter::new(crate::logging::dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines (audit lines included) dropped because stdout did not keep up; requests \
+             are never held up by logging",
+            None,
+            ConstCounter::<u64>::TYPE,
+        )?;
+        counter.encode(metric)
     }
 }
 

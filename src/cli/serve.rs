@@ -28,7 +28,7 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
     // Everything that can be wrong with the configuration is reported before any socket
     // is bound or the HSM is touched.
     let settings = super::load_settings(config)?;
-    let logging = crate::logging::init(&settings.logging)?;
+    let (logging, _log_guard) = crate::logging::init(&settings.logging)?;
     warn_if_root();
     let metrics = Arc::new(Metrics::new());
     let tls = match &settings.server.transport {
