@@ -13,13 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::binary::{Server, run};
 use support::bodies::{self, unb64};
 use support::softhsm::{self, create_key};
-use support::{AKID_A1, AKID_B, Ca, Client, ProxyBuilder, Reply, SECRET_A1, SECRET_B, Signer};
+use support::{
+    AKID_A1, AKID_B, Ca, Client, ProxyBuilder, Reply, SECRET_A1, SECRET_B, Signer, eventually,
+};
 use xks_proxy::authz::{Action, Mode, Outcome, Policies, Query, evaluate};
 use xks_proxy::hsm::KeyUsage;
 use xks_proxy::xks::wire::RequestMetadata;
@@ -37,8 +39,6 @@ const VPCE: &str = "vpce-0a1b2c3d4e5f67890";
 /// The 403's errorMessage: generic, never a policy id (those are for the operator's log).
 const DENIED: &str = "the request is not allowed by the key store's authorization policies";
 const AAD: &[u8] = b"authz";
-/// How long a reload may take to show.
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// An example policy file of `config/policies/`.
 fn example(name: &str) -> PathBuf {
@@ -131,22 +131,6 @@ fn decisions(metrics: &str) -> BTreeMap<String, u64> {
 /// The series key of [`decisions`].
 fn series(store: &str, action: &str, outcome: &str) -> String {
     format!(r#"{{key_store="{store}",action="{action}",outcome="{outcome}"}}"#)
-}
-
-/// Polls `check` until it holds, within [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---- The examples -----------------------------------------------------------------------

@@ -10,17 +10,15 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::binary::{Server, run};
 use support::bodies::{self, unb64};
-use support::{AKID_A1, Ca, Client, Reply, SECRET_A1, Signer, isolation, softhsm};
+use support::{AKID_A1, Ca, Client, Reply, SECRET_A1, Signer, eventually, isolation, softhsm};
 
 const PREFIX: &str = "/tenant-a";
 const AAD: &[u8] = b"lifecycle";
-/// How long a reload may take to show.
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// TLS files and the PIN file in `dir`.
 fn prepare(dir: &Path) -> Ca {
@@ -90,22 +88,6 @@ async fn key_status(client: &Client, key: &str) -> String {
     let path = format!("{PREFIX}/kms/xks/v1/keys/{key}/metadata");
     let reply = client.post(&path, &bodies::metadata()).await;
     reply.assert_ok()["keyStatus"].as_str().unwrap().to_owned()
-}
-
-/// Polls `check` until it holds, within [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The kill switch, as a reload delivers it: the key off, back on, then only its version 1.

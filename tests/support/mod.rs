@@ -218,3 +218,20 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// Polls `check` until it holds, failing the test after 10 s (`what` names the condition).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
