@@ -464,3 +464,42 @@ async fn recovery_a_repeating_unknown_return_code_rebuilds_the_context() {
     eprintln!("MEASURE repeated unknown code lifted -> first success: {took:?}");
     hsm.server.wait_for_log("PKCS#11 context rebuilt");
 }
+
+/// Item 2 of the performance work: an Encrypt makes one `C_Encrypt` and a Decrypt one
+/// `C_Decrypt` (each after its `Init`), with the output buffer sized in advance, not a
+/// length query first. Counted on the real module's side: with every second `C_Encrypt`
+/// failing, one call per request fails every second request; two calls per request (query,
+/// then the call) would fail every request.
+#[tokio::test]
+async fn hsm_calls_one_single_part_call_per_encrypt_and_decrypt() {
+    softhsm::isolate!();
+    let hsm = Faulty::start(1, 16);
+    let sealed = hsm.encrypt().await.assert_ok();
+    let dec = bodies::decrypt_from(&sealed, None).to_string();
+    for (function, send) in [("C_Encrypt", "encrypt"), ("C_Decrypt", "decrypt")] {
+        hsm.set(&format!("fail {function} CKR_DATA_LEN_RANGE every 2\n"));
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let reply = match send {
+                "encrypt" => hsm.encrypt().await,
+                _ => {
+                    hsm.client()
+                        .post(&hsm.path("decrypt"), dec.as_bytes())
+                        .await
+                }
+            };
+            statuses.push(reply.status);
+        }
+        assert_eq!(statuses[0], 200, "{function}: {statuses:?}");
+        assert_eq!(statuses[2], 200, "{function}: {statuses:?}");
+        assert_ne!(statuses[1], 200, "{function}: {statuses:?}");
+        assert_ne!(statuses[3], 200, "{function}: {statuses:?}");
+        hsm.set("");
+    }
+    let plain = hsm
+        .client()
+        .post(&hsm.path("decrypt"), dec.as_bytes())
+        .await
+        .assert_ok();
+    assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+}

@@ -278,6 +278,10 @@ async fn a_known_key_costs_no_token_search_per_request() {
     let material = Zeroizing::new([0x66; 32]);
     backend.import_key(&key_id(&key), &material, BOTH).unwrap();
     create_version_with(&backend, &key, 2, &[0x77; 32], false);
+    let fixed = unique_label("fixed");
+    backend
+        .import_key(&key_id(&fixed), &Zeroizing::new([0x55; 32]), BOTH)
+        .unwrap();
     let proxy = ProxyBuilder {
         backend: Some(std::sync::Arc::new(backend)),
         ..Default::default()
@@ -329,5 +333,29 @@ async fn a_known_key_costs_no_token_search_per_request() {
         .zip(before)
         .map(|(f, b)| calls(f) - b)
         .collect();
+    // Version 2 was made outside the proxy and is modifiable, so its usage flags are read
+    // on every GetKeyMetadata.
     assert_eq!(delta, [0, ROUNDS, ROUNDS, ROUNDS], "{FUNCTIONS:?}");
+
+    // A key the proxy made is not modifiable (CKA_MODIFIABLE=false): its usages cannot
+    // change, so GetKeyMetadata answers from the cache without any PKCS#11 call.
+    let fixed_path = format!("/tenant-a/kms/xks/v1/keys/{fixed}/metadata");
+    let metadata = || async {
+        let reply = client
+            .post(&fixed_path, &bodies::metadata())
+            .await
+            .assert_ok();
+        assert_eq!(reply["keyUsage"], serde_json::json!(["ENCRYPT", "DECRYPT"]));
+    };
+    metadata().await;
+    let before = FUNCTIONS.map(calls);
+    for _ in 0..ROUNDS {
+        metadata().await;
+    }
+    let delta: Vec<u64> = FUNCTIONS
+        .iter()
+        .zip(before)
+        .map(|(f, b)| calls(f) - b)
+        .collect();
+    assert_eq!(delta, [0, 0, 0, 0], "{FUNCTIONS:?}");
 }

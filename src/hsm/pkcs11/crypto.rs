@@ -19,7 +19,6 @@ use super::errors::{Operation, fail};
 use super::keys::{read_usages, with_key};
 use super::timing::call;
 use super::token::{self, TokenIdentity};
-use crate::hsm::HsmObserver;
 use crate::hsm::{
     DecryptRequest, EncryptRequest, GCM_IV_LEN, GCM_TAG_LEN, GcmCiphertext, HsmError, KeyMetadata,
     KeyStatus, Pkcs11Call, Pkcs11Code, Pkcs11Failure, Tier,
@@ -45,7 +44,7 @@ pub(super) fn encrypt(
         key.info.require_aes_256()?;
         gcm_encrypt(
             session,
-            &*shared.observer,
+            shared,
             key.handle,
             &request.plaintext,
             &request.aad,
@@ -73,7 +72,7 @@ pub(super) fn decrypt(
         key.info.require_aes_256()?;
         gcm_decrypt(
             session,
-            &*shared.observer,
+            shared,
             key.handle,
             &input,
             &request.iv,
@@ -94,7 +93,10 @@ pub(super) fn metadata(
     with_key(session, shared, key, op, |key| {
         Ok(KeyMetadata {
             spec: key.info.spec(),
-            usages: read_usages(session, &*shared.observer, key.handle, op)?,
+            usages: match key.info.fixed_usages {
+                Some(usages) => usages.usages(),
+                None => read_usages(session, &*shared.observer, key.handle, op)?,
+            },
             status: KeyStatus::Enabled,
         })
     })
@@ -110,7 +112,7 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
         key.info.require_aes_256()?;
         gcm_encrypt(
             session,
-            observer,
+            shared,
             key.handle,
             HEALTH_PLAINTEXT,
             HEALTH_AAD,
@@ -121,7 +123,7 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
     input.extend_from_slice(&sealed.tag);
     let opened = with_key(session, shared, label, op, |key| {
         gcm_decrypt(
-            session, observer, key.handle, &input, &sealed.iv, HEALTH_AAD, op,
+            session, shared, key.handle, &input, &sealed.iv, HEALTH_AAD, op,
         )
     })?;
     if opened.as_slice() != HEALTH_PLAINTEXT {
@@ -135,10 +137,11 @@ pub(super) fn health_probe(session: &Session, shared: &Shared) -> Result<TokenId
     token::identity(&shared.pkcs11, observer, *shared.slot.read(), op)
 }
 
-/// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV.
+/// `C_EncryptInit` + `C_Encrypt` with `CKM_AES_GCM` under a fresh random IV: two PKCS#11
+/// calls, the output buffer sized in advance (plaintext + tag).
 fn gcm_encrypt(
     session: &Session,
-    observer: &dyn HsmObserver,
+    shared: &Shared,
     key: ObjectHandle,
     plaintext: &[u8],
     aad: &[u8],
@@ -149,19 +152,25 @@ fn gcm_encrypt(
         tracing::error!(error = %e, "the OS random number generator failed");
         HsmError::Unavailable("no random IV available".into())
     })?;
-    let mut output = {
+    let mut output = vec![0; plaintext.len() + GCM_TAG_LEN];
+    {
         let params =
             GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-        call(observer, "C_Encrypt", op, || {
-            session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
-        })?
-    };
+        let mechanism = Mechanism::AesGcm(params);
+        call(&*shared.observer, "C_Encrypt", op, || {
+            session.encrypt_init(&mechanism, key)?;
+            shared
+                .module
+                .single_part()
+                .encrypt(session, plaintext, &mut output)
+        })?;
+    }
     if output.len() != plaintext.len() + GCM_TAG_LEN {
         return Err(unexpected_length(Function::Encrypt));
     }
-    let tag_bytes = output.split_off(plaintext.len());
-    let tag = <[u8; GCM_TAG_LEN]>::try_from(tag_bytes.as_slice())
+    let tag = <[u8; GCM_TAG_LEN]>::try_from(&output[plaintext.len()..])
         .map_err(|_| unexpected_length(Function::Encrypt))?;
+    output.truncate(plaintext.len());
     Ok(GcmCiphertext {
         ciphertext: output,
         iv,
@@ -169,10 +178,11 @@ fn gcm_encrypt(
     })
 }
 
-/// `C_DecryptInit` + `C_Decrypt` of `ciphertext‖tag` with `CKM_AES_GCM`.
+/// `C_DecryptInit` + `C_Decrypt` of `ciphertext‖tag` with `CKM_AES_GCM`: two PKCS#11 calls,
+/// the output buffer as long as the input (some modules ask for room for the tag too).
 fn gcm_decrypt(
     session: &Session,
-    observer: &dyn HsmObserver,
+    shared: &Shared,
     key: ObjectHandle,
     input: &[u8],
     iv: &[u8],
@@ -181,10 +191,15 @@ fn gcm_decrypt(
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
     let mut iv = iv.to_vec();
     let params = GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
-    let plaintext = call(observer, "C_Decrypt", op, || {
-        session.decrypt(&Mechanism::AesGcm(params), key, input)
-    })
-    .map(Zeroizing::new)?;
+    let mechanism = Mechanism::AesGcm(params);
+    let mut plaintext = Zeroizing::new(vec![0; input.len()]);
+    call(&*shared.observer, "C_Decrypt", op, || {
+        session.decrypt_init(&mechanism, key)?;
+        shared
+            .module
+            .single_part()
+            .decrypt(session, input, &mut plaintext)
+    })?;
     if plaintext.len() + GCM_TAG_LEN != input.len() {
         return Err(unexpected_length(Function::Decrypt));
     }

@@ -1,9 +1,9 @@
 //! What a key object's attributes mean to the proxy: its key spec (checklist K-2) and whether
 //! its protection lets the proxy serve it (key hygiene, see `keys`).
 
-use cryptoki::object::{KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
-use crate::hsm::{HsmError, KeySpec};
+use crate::hsm::{HsmError, KeySpec, KeyUsage};
 
 /// How a key object is protected on its token, from `CKA_PRIVATE`, `CKA_SENSITIVE` and
 /// `CKA_EXTRACTABLE` (an attribute the object lacks counts as the unsafe value).
@@ -57,6 +57,61 @@ pub(super) struct KeyInfo {
     pub(super) value_len: Option<u64>,
     /// `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_EXTRACTABLE`.
     pub(super) protection: KeyProtection,
+    /// The usage flags when `CKA_MODIFIABLE` is false, so they can never change and
+    /// GetKeyMetadata needs no PKCS#11 call; `None` for a modifiable key, whose flags are read
+    /// on every GetKeyMetadata.
+    pub(super) fixed_usages: Option<UsageFlags>,
+}
+
+/// The seven usage flags of a key (K-3, K-4), as read in one `C_GetAttributeValue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct UsageFlags(u8);
+
+impl UsageFlags {
+    /// The attributes, in spec order: bit `i` of the flags is `ATTRIBUTES[i]`.
+    pub(super) const ATTRIBUTES: [AttributeType; 7] = [
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Derive,
+    ];
+    const USAGES: [KeyUsage; 7] = [
+        KeyUsage::Encrypt,
+        KeyUsage::Decrypt,
+        KeyUsage::Sign,
+        KeyUsage::Verify,
+        KeyUsage::Wrap,
+        KeyUsage::Unwrap,
+        KeyUsage::Derive,
+    ];
+
+    /// Records `attribute` if it is a usage flag set to true; absent flags count as false.
+    pub(super) fn record(&mut self, attribute: &Attribute) {
+        let bit = match attribute {
+            Attribute::Encrypt(true) => 0,
+            Attribute::Decrypt(true) => 1,
+            Attribute::Sign(true) => 2,
+            Attribute::Verify(true) => 3,
+            Attribute::Wrap(true) => 4,
+            Attribute::Unwrap(true) => 5,
+            Attribute::Derive(true) => 6,
+            _ => return,
+        };
+        self.0 |= 1 << bit;
+    }
+
+    /// The usages that are set, in spec order.
+    pub(super) fn usages(self) -> Vec<KeyUsage> {
+        Self::USAGES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+            .map(|(_, usage)| *usage)
+            .collect()
+    }
 }
 
 impl KeyInfo {
@@ -102,7 +157,27 @@ mod tests {
             key_type,
             value_len,
             protection: LOCKED,
+            fixed_usages: None,
         }
+    }
+
+    #[test]
+    fn usage_flags_come_out_in_spec_order() {
+        let mut flags = UsageFlags::default();
+        for attribute in [
+            Attribute::Derive(true),
+            Attribute::Sign(false),
+            Attribute::Decrypt(true),
+            Attribute::Encrypt(true),
+            Attribute::Label(b"ignored".to_vec()),
+        ] {
+            flags.record(&attribute);
+        }
+        assert_eq!(
+            flags.usages(),
+            [KeyUsage::Encrypt, KeyUsage::Decrypt, KeyUsage::Derive]
+        );
+        assert!(UsageFlags::default().usages().is_empty());
     }
 
     const LOCKED: KeyProtection = KeyProtection {

@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 
 use super::Shared;
 use super::errors::{Operation, is_stale_handle};
-use super::key_info::{KeyInfo, KeyProtection};
+use super::key_info::{KeyInfo, KeyProtection, UsageFlags};
 use super::timing::call;
 use crate::hsm::HsmObserver;
 use crate::hsm::labels::{parse_token_label, token_label, versions_id};
@@ -389,26 +389,29 @@ fn report_public_objects(
     Ok(())
 }
 
-/// Reads class, key type, value length and protection of an object, in one
-/// `C_GetAttributeValue` (every attribute asked for has a fixed size).
+/// Reads class, key type, value length, protection, `CKA_MODIFIABLE` and the usage flags of
+/// an object, in one `C_GetAttributeValue` (every attribute asked for has a fixed size).
 pub(super) fn read_info(
     session: &Session,
     observer: &dyn HsmObserver,
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<KeyInfo, HsmError> {
-    let wanted = [
+    let mut wanted = vec![
         AttributeType::Class,
         AttributeType::KeyType,
         AttributeType::ValueLen,
         AttributeType::Private,
         AttributeType::Sensitive,
         AttributeType::Extractable,
+        AttributeType::Modifiable,
     ];
+    wanted.extend(UsageFlags::ATTRIBUTES);
     let attributes = call(observer, "C_GetAttributeValue", op, || {
         session.get_attributes(handle, &wanted)
     })?;
-    // Absent protection attributes count as the unsafe value.
+    // Absent protection attributes count as the unsafe value; an absent CKA_MODIFIABLE as
+    // its default, true.
     let mut info = KeyInfo {
         class: ObjectClass::DATA,
         key_type: None,
@@ -418,19 +421,24 @@ pub(super) fn read_info(
             sensitive: false,
             extractable: true,
         },
+        fixed_usages: None,
     };
     let mut has_class = false;
-    for attribute in attributes {
+    let mut modifiable = true;
+    let mut usages = UsageFlags::default();
+    for attribute in &attributes {
+        usages.record(attribute);
         match attribute {
             Attribute::Class(class) => {
-                info.class = class;
+                info.class = *class;
                 has_class = true;
             }
-            Attribute::KeyType(key_type) => info.key_type = Some(key_type),
-            Attribute::ValueLen(len) => info.value_len = Some(*len),
-            Attribute::Private(private) => info.protection.private = private,
-            Attribute::Sensitive(sensitive) => info.protection.sensitive = sensitive,
-            Attribute::Extractable(extractable) => info.protection.extractable = extractable,
+            Attribute::KeyType(key_type) => info.key_type = Some(*key_type),
+            Attribute::ValueLen(len) => info.value_len = Some(**len),
+            Attribute::Private(private) => info.protection.private = *private,
+            Attribute::Sensitive(sensitive) => info.protection.sensitive = *sensitive,
+            Attribute::Extractable(extractable) => info.protection.extractable = *extractable,
+            Attribute::Modifiable(value) => modifiable = *value,
             _ => {}
         }
     }
@@ -440,6 +448,9 @@ pub(super) fn read_info(
             code: Pkcs11Code::Anomaly("object without CKA_CLASS"),
             tier: Tier::Request,
         }));
+    }
+    if !modifiable {
+        info.fixed_usages = Some(usages);
     }
     Ok(info)
 }
@@ -451,33 +462,14 @@ pub(super) fn read_usages(
     handle: ObjectHandle,
     op: Operation,
 ) -> Result<Vec<KeyUsage>, HsmError> {
-    let wanted = [
-        AttributeType::Encrypt,
-        AttributeType::Decrypt,
-        AttributeType::Sign,
-        AttributeType::Verify,
-        AttributeType::Wrap,
-        AttributeType::Unwrap,
-        AttributeType::Derive,
-    ];
     let attributes = call(observer, "C_GetAttributeValue", op, || {
-        session.get_attributes(handle, &wanted)
+        session.get_attributes(handle, &UsageFlags::ATTRIBUTES)
     })?;
-    let mut usages: Vec<KeyUsage> = attributes
-        .iter()
-        .filter_map(|attribute| match attribute {
-            Attribute::Encrypt(true) => Some(KeyUsage::Encrypt),
-            Attribute::Decrypt(true) => Some(KeyUsage::Decrypt),
-            Attribute::Sign(true) => Some(KeyUsage::Sign),
-            Attribute::Verify(true) => Some(KeyUsage::Verify),
-            Attribute::Wrap(true) => Some(KeyUsage::Wrap),
-            Attribute::Unwrap(true) => Some(KeyUsage::Unwrap),
-            Attribute::Derive(true) => Some(KeyUsage::Derive),
-            _ => None,
-        })
-        .collect();
-    usages.sort_unstable();
-    Ok(usages)
+    let mut usages = UsageFlags::default();
+    for attribute in &attributes {
+        usages.record(attribute);
+    }
+    Ok(usages.usages())
 }
 
 /// Private keys are invisible without a login, so "not found" on a session that lost its

@@ -24,6 +24,7 @@ mod module;
 mod pool;
 mod recovery;
 mod repair;
+mod single_part;
 mod timing;
 mod token;
 

@@ -22,11 +22,14 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use super::Shared;
 use super::errors::{Operation, fail};
 use super::repair::UnknownCodes;
+use super::single_part::SinglePart;
 use crate::hsm::HsmError;
 
 /// A loaded and initialised PKCS#11 library.
 pub struct ModuleContext {
     pkcs11: Pkcs11,
+    /// The library's own `C_Encrypt`/`C_Decrypt`, for calls into exactly sized buffers.
+    single_part: SinglePart,
     path: PathBuf,
     /// Bumped by every `C_Finalize` + `C_Initialize`.
     generation: AtomicU64,
@@ -53,11 +56,18 @@ impl ModuleContext {
                 path.display()
             ))
         })?;
+        let single_part = SinglePart::load(path).map_err(|e| {
+            HsmError::Unavailable(format!(
+                "cannot read C_Encrypt/C_Decrypt of the PKCS#11 module {}: {e}",
+                path.display()
+            ))
+        })?;
         pkcs11
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(|e| fail(&e, Operation::Session))?;
         Ok(Arc::new(Self {
             pkcs11,
+            single_part,
             path: path.to_owned(),
             generation: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
@@ -73,6 +83,11 @@ impl ModuleContext {
 
     pub(super) fn pkcs11(&self) -> &Pkcs11 {
         &self.pkcs11
+    }
+
+    /// Single-part encryption and decryption into caller-sized buffers.
+    pub(super) fn single_part(&self) -> &SinglePart {
+        &self.single_part
     }
 
     /// Permission to make PKCS#11 calls until the guard is dropped; `None` if a rebuild holds
