@@ -5,17 +5,21 @@
 //! prefix selected (AU-13). The HTTP layer has already routed the request, rejected paths
 //! outside `[A-Za-z0-9/_.-]` (AU-17) and buffered the body under the size cap (§3.4 step 3).
 //!
-//! The signature itself is recomputed with the `aws-sigv4` crate over exactly the headers the
-//! request names in `SignedHeaders` (curl signs `content-type` too, AU-6), the host as received
-//! (AU-7) and the raw body bytes (AU-8), then compared in constant time (AU-10). Secrets and
+//! The signature is recomputed over exactly the headers the request names in `SignedHeaders`
+//! (curl signs `content-type` too, AU-6), the host as received (AU-7) and the raw body bytes
+//! (AU-8), then compared in constant time (AU-10). An ordinary request is signed directly with
+//! a cached signing key (`canonical`, with `aws-sigv4`'s key derivation and HMAC); one whose
+//! headers need normalising goes through `aws-sigv4`'s full signer (`sigv4`). Secrets and
 //! signatures are never logged; failures are logged at `debug` with the access key id and
 //! [`AuthError::reason`] only (AU-15).
 
+mod canonical;
 mod error;
 mod header;
 mod sigv4;
 
 use std::fmt;
+use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -42,6 +46,8 @@ pub struct CredentialStore {
     /// Signs requests with an unknown access key id, so that they cost the same time as a
     /// known id with a wrong signature (AU-12).
     decoy: Identity,
+    /// Derived signing keys of these credentials (and the decoy), shared by clones.
+    signing_keys: Arc<canonical::SigningKeys>,
 }
 
 /// One credential, ready for the signer.
@@ -91,6 +97,7 @@ impl CredentialStore {
                 "XKSPROXYDECOYACCESSKEY",
                 "xks-proxy decoy secret, never accepted",
             ),
+            signing_keys: Arc::default(),
         }
     }
 
@@ -104,12 +111,12 @@ impl CredentialStore {
         self.credentials.is_empty()
     }
 
-    /// The signing identity for an access key id, if it is one of ours.
-    fn lookup(&self, access_key_id: &str) -> Option<&Identity> {
+    /// The signing identity for an access key id and its index, if it is one of ours.
+    fn lookup(&self, access_key_id: &str) -> Option<(usize, &Identity)> {
         self.credentials
             .iter()
-            .find(|c| c.access_key_id == access_key_id)
-            .map(|c| &c.identity)
+            .position(|c| c.access_key_id == access_key_id)
+            .map(|index| (index, &self.credentials[index].identity))
     }
 
     /// Whether the credential scope region is accepted (AU-4).

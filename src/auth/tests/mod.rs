@@ -6,6 +6,7 @@
 
 mod accepts;
 mod fixtures;
+mod paths;
 mod rejects;
 
 use http::HeaderValue;

@@ -22,6 +22,7 @@ mod keys;
 mod liveness;
 mod module;
 mod pool;
+mod queue;
 mod recovery;
 mod repair;
 mod single_part;

@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use cryptoki::context::Function;
 use cryptoki::session::Session;
 use tokio::sync::oneshot;
@@ -42,6 +41,7 @@ use tokio::sync::oneshot;
 use super::Shared;
 use super::errors::is_unknown_code;
 use super::liveness::Liveness;
+use super::queue::{JobQueue, RecvError};
 use super::repair::{self, Repair};
 use super::token;
 use crate::hsm::{HsmError, Pkcs11Call, Tier};
@@ -69,7 +69,8 @@ struct Job {
 
 /// The worker threads and the sending side of their queue.
 pub(super) struct Pool {
-    sender: Option<Sender<Job>>,
+    /// Shared with the workers; closed at shutdown.
+    queue: Arc<JobQueue<Job>>,
     /// Jobs queued or running. A job gives its place back before its caller hears the answer,
     /// so a request's next job (e.g. the Encrypt after a key's first version lookup) is never
     /// refused because the worker that answered has not yet gone back to the queue.
@@ -104,8 +105,8 @@ impl Pool {
         queue_depth: usize,
     ) -> Result<Self, HsmError> {
         let capacity = sessions.len().saturating_add(queue_depth);
-        // Admission is counted (`admitted`); the channel only has to hold what was admitted.
-        let (sender, receiver) = crossbeam_channel::bounded(capacity);
+        // Admission is counted (`admitted`); the queue only holds what was admitted.
+        let queue = Arc::new(JobQueue::new(capacity));
         let open = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
         // Added, not set: the members of a fleet share one gauge.
         shared.observer.add_hsm_sessions(IDLE, open);
@@ -114,7 +115,7 @@ impl Pool {
         let mut workers = Vec::with_capacity(sessions.len());
         for (id, session) in sessions.into_iter().enumerate() {
             let worker = Worker::new(id, session, Arc::clone(shared), Arc::clone(&liveness));
-            let jobs = receiver.clone();
+            let jobs = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
                 .name(format!("pkcs11-worker-{id}"))
                 .spawn(move || worker.run(&jobs))
@@ -122,7 +123,7 @@ impl Pool {
             workers.push(handle);
         }
         Ok(Self {
-            sender: Some(sender),
+            queue,
             admitted: Arc::new(AtomicUsize::new(0)),
             capacity,
             workers,
@@ -141,11 +142,6 @@ impl Pool {
         if Instant::now() >= deadline {
             return Err(HsmError::Timeout);
         }
-        let Some(sender) = &self.sender else {
-            return Err(HsmError::Unavailable(
-                "the HSM backend is shutting down".into(),
-            ));
-        };
         if self.admitted.fetch_add(1, Ordering::SeqCst) >= self.capacity {
             self.admitted.fetch_sub(1, Ordering::SeqCst);
             return Err(HsmError::Busy);
@@ -174,12 +170,11 @@ impl Pool {
                 worker.repair(tier);
             }
         });
-        match sender.try_send(Job { deadline, work }) {
+        match self.queue.push(Job { deadline, work }) {
             Ok(()) => Ok(Submitted { receiver, deadline }),
-            Err(TrySendError::Full(_)) => Err(HsmError::Busy),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(HsmError::Unavailable("no HSM worker is running".into()))
-            }
+            Err(_closed) => Err(HsmError::Unavailable(
+                "the HSM backend is shutting down".into(),
+            )),
         }
     }
 
@@ -189,7 +184,7 @@ impl Pool {
     /// is left behind (holding its reference to the module, which is then never finalised
     /// under it) so that the process can still exit.
     pub(super) fn shutdown(&mut self) {
-        self.sender = None;
+        self.queue.close();
         self.liveness.stop();
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
@@ -266,13 +261,13 @@ impl Worker {
         }
     }
 
-    fn run(mut self, jobs: &Receiver<Job>) {
+    fn run(mut self, jobs: &JobQueue<Job>) {
         loop {
             let next = if self.session.is_some() {
-                jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                jobs.recv()
             } else if self.liveness.wait_while_others_serve(self.next_attempt) {
                 // Others served the queue meanwhile; our backoff is over: try to reopen.
-                Err(RecvTimeoutError::Timeout)
+                Err(RecvError::Timeout)
             } else {
                 // Nobody holds a session (or the pool stops): take jobs, to fail them fast
                 // rather than let them wait for their deadline, until the reopen is due.
@@ -280,13 +275,13 @@ impl Worker {
             };
             match next {
                 Ok(job) => self.handle(job),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(RecvError::Timeout) => {
                     let module = Arc::clone(&self.shared.module);
                     let _calls = module.calls();
                     self.reopen();
                     self.account(false);
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvError::Closed) => break,
             }
         }
         // A stopped worker's session no longer counts.
