@@ -158,20 +158,17 @@ async fn run_async(args: Args) -> Result<(), String> {
         return Ok(());
     }
     drop(conn);
-    if let Some(rate) = args.rate {
-        let outcome = open_loop::run(Arc::clone(&shared), rate, open_conns, start).await?;
-        let elapsed = Instant::now().saturating_duration_since(shared.measure_start);
-        let open = OpenLoop {
-            rate,
-            scheduled: outcome.scheduled,
-        };
-        print_summary(&args, &shared, outcome.stats, elapsed, Some(open));
-        return Ok(());
+    match args.rate {
+        Some(rate) => run_open(&args, &shared, rate, open_conns, start).await,
+        None => run_closed(&args, &shared).await,
     }
+}
 
+/// The closed loop: `--concurrency` workers back to back, then the summary.
+async fn run_closed(args: &Args, shared: &Arc<Shared>) -> Result<(), String> {
     let mut handles = Vec::with_capacity(args.concurrency as usize);
     for worker in 0..args.concurrency {
-        handles.push(tokio::spawn(run_worker(Arc::clone(&shared), worker)));
+        handles.push(tokio::spawn(run_worker(Arc::clone(shared), worker)));
     }
     let mut all = WorkerStats::default();
     for handle in handles {
@@ -182,6 +179,25 @@ async fn run_async(args: Args) -> Result<(), String> {
     }
     // The measured window runs until the last in-flight request has finished.
     let elapsed = Instant::now().saturating_duration_since(shared.measure_start);
-    print_summary(&args, &shared, all, elapsed, None);
+    print_summary(args, shared, all, elapsed, None);
+    Ok(())
+}
+
+/// The open loop at `rate` from `start` on the pre-opened `conns`, then the summary.
+async fn run_open(
+    args: &Args,
+    shared: &Arc<Shared>,
+    rate: f64,
+    conns: Vec<client::Connection>,
+    start: Instant,
+) -> Result<(), String> {
+    let outcome = open_loop::run(Arc::clone(shared), rate, conns, start).await?;
+    // As in the closed loop: until the last request has finished (or was dropped).
+    let elapsed = Instant::now().saturating_duration_since(shared.measure_start);
+    let open = OpenLoop {
+        rate,
+        scheduled: outcome.scheduled,
+    };
+    print_summary(args, shared, outcome.stats, elapsed, Some(open));
     Ok(())
 }

@@ -75,8 +75,12 @@ pub(crate) async fn run(
         let task = run_connection(Arc::clone(&shared), Arc::clone(&rx), worker, conn);
         handles.push(tokio::spawn(task));
     }
-    let schedule_shared = Arc::clone(&shared);
-    let scheduler = tokio::task::spawn_blocking(move || schedule(&schedule_shared, rate, t0, &tx));
+    let window = Window {
+        start: shared.measure_start,
+        end: shared.measure_end,
+        max_requests: shared.max_requests,
+    };
+    let scheduler = tokio::task::spawn_blocking(move || schedule(&window, rate, t0, &tx));
 
     let scheduled = scheduler
         .await
@@ -91,19 +95,27 @@ pub(crate) async fn run(
     Ok(Outcome { stats, scheduled })
 }
 
+/// The measured window, as the scheduler sees it.
+struct Window {
+    start: Instant,
+    end: Instant,
+    /// `--requests`: the most measured requests to schedule.
+    max_requests: Option<u64>,
+}
+
 /// Hands request `i` to the queue at `t0 + i/rate` until the measured window ends (or
 /// `--requests` measured requests were scheduled); returns the number of measured requests.
 /// Runs on a blocking thread; dropping `tx` at the end lets the connections drain and stop.
-fn schedule(shared: &Shared, rate: f64, t0: Instant, tx: &UnboundedSender<Job>) -> u64 {
+fn schedule(window: &Window, rate: f64, t0: Instant, tx: &UnboundedSender<Job>) -> u64 {
     let mut measured: u64 = 0;
-    // Bounded: the intended times grow with the index and the loop ends at `measure_end`.
+    // Bounded: the intended times grow with the index and the loop ends at `window.end`.
     for index in 0..u64::MAX {
         let intended = t0 + Duration::from_secs_f64(index as f64 / rate);
-        if intended >= shared.measure_end {
+        if intended >= window.end {
             break;
         }
-        if intended >= shared.measure_start {
-            if shared.max_requests.is_some_and(|max| measured >= max) {
+        if intended >= window.start {
+            if window.max_requests.is_some_and(|max| measured >= max) {
                 break;
             }
             measured += 1;
@@ -170,4 +182,55 @@ async fn run_connection(
         record(&mut stats, &result, latency);
     }
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1,000/s for 30 ms with a 10 ms warm-up: 30 requests 1 ms apart, 20 of them measured,
+    /// none handed over before its intended time.
+    #[test]
+    fn schedules_at_fixed_intervals_from_the_start() {
+        let t0 = Instant::now();
+        let window = Window {
+            start: t0 + Duration::from_millis(10),
+            end: t0 + Duration::from_millis(30),
+            max_requests: None,
+        };
+        let (tx, mut rx) = unbounded_channel();
+        let measured = schedule(&window, 1000.0, t0, &tx);
+        assert_eq!(measured, 20);
+        let mut jobs = Vec::new();
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        assert_eq!(jobs.len(), 30);
+        for (i, job) in (0u64..).zip(&jobs) {
+            assert_eq!(job.index, i);
+            // `i / rate` in floating point: within a microsecond of i ms.
+            let expected = t0 + Duration::from_millis(i);
+            let off = job.intended.max(expected) - job.intended.min(expected);
+            assert!(off < Duration::from_micros(1), "request {i} off by {off:?}");
+        }
+        assert!(Instant::now() >= jobs[29].intended);
+    }
+
+    /// `--requests` caps the measured requests; warm-up requests are not counted.
+    #[test]
+    fn stops_after_max_requests() {
+        let t0 = Instant::now();
+        let window = Window {
+            start: t0 + Duration::from_millis(5),
+            end: t0 + Duration::from_secs(5),
+            max_requests: Some(3),
+        };
+        let (tx, mut rx) = unbounded_channel();
+        assert_eq!(schedule(&window, 1000.0, t0, &tx), 3);
+        let mut sent = 0;
+        while rx.try_recv().is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, 8);
+    }
 }
