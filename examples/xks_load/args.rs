@@ -12,7 +12,10 @@ pub(crate) enum Operation {
     Encrypt,
     Decrypt,
     Health,
-    /// Unsigned `GET /ping` on the same host (the floor: TLS, HTTP and routing only).
+    /// Unsigned `GET /ping` on the same host (the floor: TLS, HTTP and routing only). The
+    /// proxy does not count `/ping` as activity and closes a connection that carries nothing
+    /// else after its handshake timeout (5 s by default); a request racing that close counts
+    /// as a transport error (`channel closed`). `--compare-ping` is not affected.
     Ping,
 }
 
