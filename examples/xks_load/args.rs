@@ -12,6 +12,11 @@ pub(crate) enum Operation {
     Encrypt,
     Decrypt,
     Health,
+    /// Unsigned `GET /ping` on the same host (the floor: TLS, HTTP and routing only). The
+    /// proxy does not count `/ping` as activity and closes a connection that carries nothing
+    /// else after its handshake timeout (5 s by default); a request racing that close counts
+    /// as a transport error (`channel closed`). `--compare-ping` is not affected.
+    Ping,
 }
 
 impl Operation {
@@ -21,16 +26,18 @@ impl Operation {
             Self::Encrypt => "encrypt",
             Self::Decrypt => "decrypt",
             Self::Health => "health",
+            Self::Ping => "ping",
         }
     }
 }
 
-/// Closed-loop load generator for a loopback xks-proxy (see the module docs).
+/// Closed- or open-loop load generator for a loopback xks-proxy (see the module docs).
 // No `Debug`: the struct holds the secret.
 #[derive(Parser)]
 #[command(
     name = "xks_load",
-    about = "Closed-loop SigV4 load generator for a loopback xks-proxy (encrypt, decrypt or health)"
+    about = "SigV4 load generator for a loopback xks-proxy (encrypt, decrypt, health or ping; \
+             closed loop, open loop with --rate, or --compare-ping)"
 )]
 pub(crate) struct Args {
     /// The key's Encrypt URL, https://HOST:PORT/PREFIX/kms/xks/v1/keys/KEY/encrypt (loopback only).
@@ -42,6 +49,12 @@ pub(crate) struct Args {
     /// PEM file with the CA certificate(s) that issued the proxy's TLS certificate.
     #[arg(long)]
     pub(crate) cacert: PathBuf,
+    /// PEM client certificate chain for mTLS (with --key).
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
     /// KMS console JSON with XksProxyAuthenticationCredential.{AccessKeyId,RawSecretAccessKey}.
     #[arg(long, conflicts_with_all = ["access_key_id", "secret"])]
     pub(crate) console_json: Option<PathBuf>,
@@ -54,7 +67,8 @@ pub(crate) struct Args {
     /// Region of the SigV4 credential scope.
     #[arg(long, default_value = "us-east-1")]
     pub(crate) region: String,
-    /// Number of workers, each with one connection and one request in flight.
+    /// Number of connections, each with at most one request in flight (the closed loop's
+    /// workers; with --rate, the most requests in flight).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) concurrency: u32,
     /// Measured seconds (after the warm-up).
@@ -78,9 +92,30 @@ pub(crate) struct Args {
     /// What to send.
     #[arg(long, value_enum, default_value_t = Operation::Encrypt)]
     pub(crate) operation: Operation,
+    /// Open loop: send R requests per second on a fixed schedule from the start; latency is
+    /// measured from each request's intended send time (no coordinated omission).
+    #[arg(long, value_name = "R", value_parser = parse_rate, conflicts_with = "compare_ping")]
+    pub(crate) rate: Option<f64>,
+    /// One connection alternating one `GET /ping` and one --operation request; prints both
+    /// latencies and the ratio of their p50s (use with --concurrency 1, the default here).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub(crate) compare_ping: bool,
     /// Tokio worker threads of the load tool (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     pub(crate) client_threads: usize,
+}
+
+/// `--rate`: a finite request rate between 0.1 and 1,000,000 per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !(0.1..=1_000_000.0).contains(&rate) {
+        return Err(format!(
+            "{rate} is not between 0.1 and 1000000 requests per second"
+        ));
+    }
+    Ok(rate)
 }
 
 /// A SigV4 credential. No `Debug`, so the secret cannot end up in output.

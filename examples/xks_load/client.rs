@@ -1,5 +1,5 @@
-//! One TLS connection to the target (HTTP/1.1 keep-alive or HTTP/2) and one signed POST
-//! exchange on it, each bounded by [`REQUEST_TIMEOUT`].
+//! One TLS connection to the target (HTTP/1.1 keep-alive or HTTP/2) and one exchange on it (a
+//! signed POST, or an unsigned `GET /ping`), each bounded by [`REQUEST_TIMEOUT`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -90,6 +90,27 @@ pub(crate) async fn exchange(
         .header("authorization", signed.authorization)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("building the request: {e}"))?;
+    send(conn, request).await
+}
+
+/// Sends one unsigned `GET` of `target.ping_path`, returning the status and the body.
+pub(crate) async fn ping(conn: &mut Connection, target: &Target) -> Result<(u16, Bytes), String> {
+    let path = &target.ping_path;
+    let builder = match conn {
+        Connection::H1(_) => Request::get(path.as_str()).header("host", &target.authority),
+        Connection::H2(_) => Request::get(format!("https://{}{path}", target.authority)),
+    };
+    let request = builder
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("building the request: {e}"))?;
+    send(conn, request).await
+}
+
+/// Sends `request` and reads the whole response, bounded by [`REQUEST_TIMEOUT`].
+async fn send(
+    conn: &mut Connection,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), String> {
     let send = async {
         let response = match conn {
             Connection::H1(send) => {

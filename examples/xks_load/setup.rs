@@ -1,6 +1,7 @@
 //! Fail-fast requests before the load starts: a wrong URL, certificate or credential ends the
 //! run with one message instead of a count of errors. For `--operation decrypt` this also
-//! encrypts once and checks one decrypt round trip, giving the ciphertext the workers decrypt.
+//! encrypts once and checks one decrypt round trip, giving the ciphertext the workers decrypt;
+//! for `--operation ping` it checks one `GET /ping`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -8,11 +9,11 @@ use hyper::body::Bytes;
 
 use crate::args::Operation;
 use crate::bodies::BodyTemplate;
-use crate::client::{Connection, exchange};
+use crate::client::{Connection, exchange, ping};
 use crate::signer::Signer;
 use crate::target::Target;
 
-/// What to send: the request path and body for `operation`.
+/// What to send: the request path and body for `operation` (for `ping`, the body is unused).
 pub(crate) struct Plan {
     pub(crate) path: String,
     pub(crate) body: BodyTemplate,
@@ -31,6 +32,13 @@ pub(crate) async fn prepare(
     let (path, body) = match operation {
         Operation::Encrypt => (&target.encrypt_path, BodyTemplate::encrypt(plaintext, aad)),
         Operation::Health => (&target.health_path, BodyTemplate::health()),
+        Operation::Ping => {
+            check_ping(conn, target).await?;
+            return Ok(Plan {
+                path: target.ping_path.clone(),
+                body: BodyTemplate::health(),
+            });
+        }
         Operation::Decrypt => {
             let body = prepare_decrypt(conn, target, signer, run_id, plaintext, aad).await?;
             return Ok(Plan {
@@ -86,6 +94,21 @@ async fn prepare_decrypt(
         return Err("setup Decrypt did not return the encrypted plaintext".into());
     }
     Ok(body)
+}
+
+/// Sends one `GET /ping` and requires HTTP 200.
+pub(crate) async fn check_ping(conn: &mut Connection, target: &Target) -> Result<(), String> {
+    let (status, reply) = ping(conn, target)
+        .await
+        .map_err(|e| format!("setup GET {}: {e}", target.ping_path))?;
+    if status != 200 {
+        return Err(format!(
+            "setup GET {} returned HTTP {status}: {}",
+            target.ping_path,
+            String::from_utf8_lossy(&reply)
+        ));
+    }
+    Ok(())
 }
 
 /// Sends one request and requires HTTP 200; returns the body.

@@ -1,6 +1,7 @@
 //! Where requests go and how the connection is trusted: `--url` parsed into a loopback
 //! [`Target`] (authority, TLS server name, addresses, and the encrypt, decrypt and health paths
-//! derived from it), and the rustls client configuration built from `--cacert`.
+//! derived from it), and the rustls client configuration built from `--cacert` and, for mTLS,
+//! `--cert`/`--key`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +11,7 @@ use hyper::Uri;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Where requests go, parsed from `--url`.
@@ -24,6 +25,14 @@ pub(crate) struct Target {
     pub(crate) encrypt_path: String,
     pub(crate) decrypt_path: String,
     pub(crate) health_path: String,
+    /// `/ping` (unsigned `GET`, outside the key store's prefix).
+    pub(crate) ping_path: String,
+}
+
+/// The mTLS client identity: `--cert` (PEM chain, leaf first) and `--key` (PEM private key).
+pub(crate) struct ClientIdentity<'a> {
+    pub(crate) cert: &'a Path,
+    pub(crate) key: &'a Path,
 }
 
 /// Parses `--url`, derives the decrypt and health paths and resolves the host, which must be
@@ -87,11 +96,17 @@ pub(crate) async fn parse_target(url: &str) -> Result<Target, String> {
         encrypt_path: path.to_owned(),
         decrypt_path: format!("{key_base}/decrypt"),
         health_path: format!("{api_base}/health"),
+        ping_path: "/ping".to_owned(),
     })
 }
 
-/// A TLS client configuration trusting `--cacert`, offering only `h2` or only `http/1.1`.
-pub(crate) fn tls_config(cacert: &Path, http2: bool) -> Result<ClientConfig, String> {
+/// A TLS client configuration trusting `--cacert`, offering only `h2` or only `http/1.1`, and
+/// presenting `identity` when the server asks for a client certificate.
+pub(crate) fn tls_config(
+    cacert: &Path,
+    http2: bool,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<ClientConfig, String> {
     let pem =
         std::fs::read(cacert).map_err(|e| format!("cannot read {}: {e}", cacert.display()))?;
     let mut roots = RootCertStore::empty();
@@ -111,18 +126,44 @@ pub(crate) fn tls_config(cacert: &Path, http2: bool) -> Result<ClientConfig, Str
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .build()
             .map_err(|e| format!("TLS verifier: {e}"))?;
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS configuration: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }));
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let (chain, key) = read_identity(&identity)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate {}: {e}", identity.cert.display()))?
+        }
+    };
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(config)
+}
+
+/// The certificate chain and private key of `identity`, parsed with rustls-pki-types' PEM
+/// reader.
+fn read_identity(
+    identity: &ClientIdentity<'_>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let (cert, key) = (identity.cert, identity.key);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM in {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("no usable private key in {}: {e}", key.display()))?;
+    Ok((chain, key))
 }
 
 /// Accepts a server certificate that is byte-for-byte one of the `--cacert` certificates (the

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hyper::body::Bytes;
 use rustls::ClientConfig;
 
 use crate::args::Operation;
 use crate::bodies::BodyTemplate;
-use crate::client::{Connection, connect, exchange};
+use crate::client::{Connection, connect, exchange, ping};
 use crate::signer::Signer;
 use crate::stats::WorkerStats;
 use crate::target::Target;
@@ -25,7 +26,7 @@ pub(crate) struct Shared {
     pub(crate) tls: Arc<ClientConfig>,
     pub(crate) http2: bool,
     pub(crate) operation: Operation,
-    /// Request path for `operation`.
+    /// Request path for `operation` (for the summary with `ping`).
     pub(crate) path: String,
     /// The request body around the `kmsRequestId`.
     pub(crate) body: BodyTemplate,
@@ -43,6 +44,36 @@ impl Shared {
     fn claim(&self) -> bool {
         self.max_requests
             .is_none_or(|max| self.claimed.fetch_add(1, Ordering::Relaxed) < max)
+    }
+}
+
+/// Sends one request of `operation` on `conn`: an unsigned `GET /ping`, or the signed POST of
+/// `body` (which `ping` ignores) to the run's path.
+pub(crate) async fn send_one(
+    shared: &Shared,
+    conn: &mut Connection,
+    operation: Operation,
+    body: String,
+) -> Result<(u16, Bytes), String> {
+    match operation {
+        Operation::Ping => ping(conn, &shared.target).await,
+        _ => exchange(conn, &shared.target, &shared.signer, &shared.path, body).await,
+    }
+}
+
+/// Records the outcome of one measured request that took `latency`.
+pub(crate) fn record(
+    stats: &mut WorkerStats,
+    result: &Result<(u16, Bytes), String>,
+    latency: Duration,
+) {
+    match result {
+        Ok((200, _)) => stats.ok(latency),
+        Ok((status, reply)) => {
+            let sample: String = String::from_utf8_lossy(reply).chars().take(200).collect();
+            stats.error(format!("HTTP {status}"), sample);
+        }
+        Err(e) => stats.error("transport".into(), e.clone()),
     }
 }
 
@@ -78,7 +109,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats 
             .body
             .render(&format!("{}-{worker}-{seq}", shared.run_id));
         let sent = Instant::now();
-        let result = exchange(&mut c, &shared.target, &shared.signer, &shared.path, body).await;
+        let result = send_one(&shared, &mut c, shared.operation, body).await;
         let latency = sent.elapsed();
         // Keep the connection after a response; after a transport error drop it, so the next
         // iteration reconnects.
@@ -89,14 +120,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats 
             stats.warmup_requests += 1;
             continue;
         }
-        match result {
-            Ok((200, _)) => stats.ok(latency),
-            Ok((status, reply)) => {
-                let sample: String = String::from_utf8_lossy(&reply).chars().take(200).collect();
-                stats.error(format!("HTTP {status}"), sample);
-            }
-            Err(e) => stats.error("transport".into(), e),
-        }
+        record(&mut stats, &result, latency);
     }
     stats
 }
