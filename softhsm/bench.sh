@@ -19,7 +19,9 @@
 #       with N = 4, 16, 64 sessions, encrypt at c=N (target >= 0.85 x N / (2 x LATENCY) req/s,
 #       two calls per Encrypt) and at c=64 (throughput scales with sessions, not cores).
 #   softhsm/bench.sh cpu [SECONDS=10]
-#       Proxy CPU time (utime + stime from /proc) per request, encrypt and decrypt at c=16.
+#       Proxy CPU time (utime + stime from /proc) per request, encrypt and decrypt at c=16,
+#       against SoftHSM2's own CPU per operation (cargo bench --bench pkcs11_raw) measured in
+#       the same run; target ratio <= 2.5. XKS_BENCH_BASELINE=BINARY adds an older build.
 #   softhsm/bench.sh soak [SECONDS=180]
 #       Mixed encrypt/decrypt/health load for SECONDS; prints the proxy's RSS every 10 s and
 #       the error count (expected: 0 errors, flat RSS).
@@ -299,27 +301,61 @@ proxy_cpu_ticks() {
     awk '{ print $12 + $13 }' <<<"${stat##*) }"
 }
 
-# cpu_raw_pkcs11: PLACEHOLDER. Another engineer adds the raw PKCS#11 benchmark here (encrypt
-# straight through cryptoki against the demo token, no HTTP), to set beside the proxy's figure.
-cpu_raw_pkcs11() {
-    echo "   raw PKCS#11 benchmark: not implemented yet (placeholder in softhsm/bench.sh)"
+# cpu_raw NAME: SoftHSM2's own cost, no proxy (`cargo bench --bench pkcs11_raw`, one thread, a
+# token of its own); sets raw_encrypt and raw_decrypt to CPU us per operation under a key stored
+# on the token, as the proxy's keys are.
+cpu_raw() {
+    env -u SOFTHSM2_CONF cargo bench --locked --manifest-path "$root/Cargo.toml" --bench pkcs11_raw 2>/dev/null |
+        grep '^RAW' >"$demo/bench-$1.txt"
+    sed 's/^/   /' "$demo/bench-$1.txt"
+    raw_encrypt=$(awk -F'cpu_us_per_op=' '/^RAW token-key encrypt/ { print $2 }' "$demo/bench-$1.txt")
+    raw_decrypt=$(awk -F'cpu_us_per_op=' '/^RAW token-key decrypt/ { print $2 }' "$demo/bench-$1.txt")
 }
 
-# mode_cpu SECONDS: proxy CPU time per request, encrypt and decrypt at c=16.
-mode_cpu() {
-    local seconds=${1:-10} op before after requests hz
+# cpu_proxy BINARY LABEL SECONDS: proxy CPU per request for encrypt and decrypt at c=16 with
+# BINARY; sets cpu_encrypt and cpu_decrypt (us per request).
+cpu_proxy() {
+    local saved_bin=$bin op before after requests hz
     hz=$(getconf CLK_TCK)
+    bin=$1
     start_proxy "$softhsm" 4
     for op in encrypt decrypt; do
         before=$(proxy_cpu_ticks "$proxy_pid")
-        run_load "cpu-$op" --concurrency 16 --duration "$seconds" --warmup 0 --operation "$op"
+        run_load "cpu-$2-$op" --concurrency 16 --duration "$3" --warmup 0 --operation "$op"
         after=$(proxy_cpu_ticks "$proxy_pid")
-        requests=$(awk '/^  requests/ { print $2 }' "$demo/bench-cpu-$op.txt")
-        summary "cpu-$op"
-        echo "   $op: proxy CPU $(calc "($after - $before) * 1e6 / $hz / ($requests > 0 ? $requests : 1)") us per request ($((after - before)) ticks at $hz/s, $requests requests)"
+        requests=$(awk '/^  requests/ { print $2 }' "$demo/bench-cpu-$2-$op.txt")
+        summary "cpu-$2-$op"
+        printf -v "cpu_$op" '%s' "$(calc "($after - $before) * 1e6 / $hz / ($requests > 0 ? $requests : 1)")"
+        echo "   $2 $op: proxy CPU $(eval echo "\$cpu_$op") us per request ($((after - before)) ticks at $hz/s, $requests requests)"
     done
     stop_proxy
-    cpu_raw_pkcs11
+    bin=$saved_bin
+}
+
+# mode_cpu SECONDS: item 1, proxy CPU per request against SoftHSM2's own cost, measured in
+# one run. XKS_BENCH_BASELINE=/path/to/older/xks-proxy measures that binary too, in the same
+# run, for a before/after ratio.
+mode_cpu() {
+    local seconds=${1:-10} raw_encrypt raw_decrypt cpu_encrypt cpu_decrypt
+    echo "== SoftHSM2 alone (cargo bench --bench pkcs11_raw)"
+    cpu_raw raw
+    if [ -n "${XKS_BENCH_BASELINE:-}" ]; then
+        echo "== baseline $XKS_BENCH_BASELINE: encrypt and decrypt at c=16, ${seconds} s each"
+        cpu_proxy "$XKS_BENCH_BASELINE" baseline "$seconds"
+        local base_encrypt=$cpu_encrypt base_decrypt=$cpu_decrypt
+    fi
+    echo "== $bin: encrypt and decrypt at c=16, ${seconds} s each"
+    cpu_proxy "$bin" proxy "$seconds"
+    local op raw cpu ratio
+    for op in encrypt decrypt; do
+        raw=$(eval echo "\$raw_$op")
+        cpu=$(eval echo "\$cpu_$op")
+        ratio=$(calc "$cpu / $raw")
+        if [ -n "${XKS_BENCH_BASELINE:-}" ]; then
+            echo "   $op: baseline $(eval echo "\$base_$op") us, now $cpu us per request (now/baseline $(calc "$cpu / $(eval echo "\$base_$op")"))"
+        fi
+        verdict "$ratio <= 2.5" "$op: proxy $cpu us per request <= 2.5 x SoftHSM2's $raw us (ratio $ratio)"
+    done
 }
 
 # mode_soak SECONDS: mixed load, RSS every 10 s, error counts.
