@@ -12,7 +12,6 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -23,6 +22,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::idle::{Activity, KeepsConnectionAlive};
+use super::service::BoxedService;
 use crate::http::{ClientSubject, ConnectionShare};
 use crate::metrics::Metrics;
 
@@ -178,7 +178,7 @@ impl Conn {
                     response
                 }
             });
-        let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+        let conn = http.serve_connection(TokioIo::new(io), BoxedService(service));
         let mut conn = pin!(conn);
         let opened = Instant::now();
         // Set once a graceful close began: HTTP/2's waits for the client to acknowledge a

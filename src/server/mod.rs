@@ -31,6 +31,7 @@
 
 mod connection;
 mod idle;
+mod service;
 
 use std::io;
 use std::net::SocketAddr;
