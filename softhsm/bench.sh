@@ -33,7 +33,8 @@
 #
 # Loopback only: the proxy listens on 127.0.0.1:$XKS_BENCH_PORT (default 8543; admin on
 # XKS_BENCH_ADMIN_PORT, default XKS_BENCH_PORT + 1000). A busy port is retried for 60 s.
-# XKS_BENCH_SKIP_BUILD=1 uses the release binaries as they are (in $CARGO_TARGET_DIR or target/).
+# XKS_BENCH_SKIP_BUILD=1 uses the release binaries as they are (in $CARGO_TARGET_DIR or target/);
+# XKS_BENCH_BIN=PATH runs another proxy binary (e.g. an older build, for a before/after table).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +51,7 @@ if [ "${XKS_BENCH_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --locked --manifest-path "$root/Cargo.toml" -p xks-fault-pkcs11 >&2
 fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-bin=$target_dir/release/xks-proxy
+bin=${XKS_BENCH_BIN:-$target_dir/release/xks-proxy}
 load=$target_dir/release/examples/xks_load
 fault=$target_dir/release/libxks_fault_pkcs11.so
 url=https://localhost:$port/demo/kms/xks/v1/keys/demo-key-1/encrypt
