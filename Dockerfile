@@ -24,7 +24,7 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
-# Cargo features of the binary: empty for the default TLS provider (aws-lc-rs). FIPS crypto
+# Cargo features of the binary: empty for the default TLS provider (ring). FIPS crypto
 # (README "Building with FIPS crypto"), whose module builds with Debian's cmake and Go:
 #   docker build --build-arg CARGO_FEATURES="--no-default-features --features fips" -t xks-proxy:fips .
 ARG CARGO_FEATURES=""

@@ -30,12 +30,11 @@ ticks=$(getconf CLK_TCK)
 proxy_pid=
 trap '[ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null; wait 2>/dev/null || true' EXIT
 
-sed -e "s|^listen = .*|listen = \"127.0.0.1:$port\"|" \
-    -e 's|^format = .*|format = "text"\nlevel = "warn"\n[admin]\nlisten = "127.0.0.1:9643"|' \
-    "$demo/xks-proxy.toml" >"$demo/bench-provider.toml"
+# The demo configuration on other ports, quiet logs.
+export XKS__SERVER__LISTEN=127.0.0.1:$port XKS__ADMIN__LISTEN=127.0.0.1:9643 XKS__LOGGING__LEVEL=warn
 
 start_proxy() {
-    "$1" serve --config "$demo/bench-provider.toml" >"$demo/bench-provider.log" 2>&1 &
+    "$1" serve --config "$demo/xks-proxy.toml" >"$demo/bench-provider.log" 2>&1 &
     proxy_pid=$!
     for _ in $(seq 100); do
         curl -sf --cacert "$demo/tls/cert.pem" "https://localhost:$port/ping" >/dev/null 2>&1 && return
@@ -79,7 +78,7 @@ encrypt() {
     # The CPU window holds the warm-up requests too.
     n=$(sed -n 's/^  requests    \([0-9]*\) measured: .*; \([0-9]*\) warm-up.*/\1 \2/p' <<<"$out" |
         awk '{ print $1 + $2 }')
-    p99=$(grep -o 'p99 [0-9.]* ms' <<<"$out" | head -1 | awk '{ print $2 }')
+    p99=$(grep -o 'p99 [0-9.]*' <<<"$out" | head -1 | awk '{ print $2 }')
     printf '%.0f\t%s\t%s' "$rate" "${p99:-?}" \
         "$(awk -v t=$((after - before)) -v k="$ticks" -v n="$n" 'BEGIN { printf "%.0f", t / k * 1e6 / n }')"
 }

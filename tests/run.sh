@@ -31,9 +31,6 @@ fi
 export XKS_REQUIRE_PROMETHEUS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The other providers (src/tls/provider.rs): ring shares this target dir (only rustls and the
-# proxy are rebuilt); the FIPS build gets its own below.
-cargo clippy -p xks-proxy --all-targets --locked --no-default-features --features ring -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The fault-injecting PKCS#11 module the fault tests load (a cdylib: no CARGO_BIN_EXE_ for it),
 # and the local KMS front the SDK suite drives (another package's binary: none either).
@@ -62,9 +59,9 @@ fi
 if [ -x deploy/check.sh ]; then
     ./deploy/check.sh
 fi
-# The `fips` build: lints, the TLS unit tests (which check `ServerConfig::fips()`), the API
-# conformance and TLS front suites. Its own target dir keeps the main build's artefacts; from
-# clean it adds about 6 minutes on 2 cores (README "Building with FIPS crypto").
+# The `fips` build (aws-lc-rs; the default above is ring, src/tls/provider.rs): lints, the TLS
+# unit tests (which check `ServerConfig::fips()`), the API conformance and TLS front suites.
+# Its own target dir keeps the main build's artefacts (README "Building with FIPS crypto").
 fips=(-p xks-proxy --locked --no-default-features --features fips)
 export CARGO_TARGET_DIR=$target/fips
 cargo clippy "${fips[@]}" --all-targets -- -D warnings

@@ -3,7 +3,7 @@
 //!
 //! * TLS 1.2 and 1.3 only (TR-4), with exactly the spec's four suites (TR-5, [`CIPHER_SUITES`])
 //!   and the ECDHE groups X25519, P-256 and P-384, from the crypto provider chosen at build
-//!   time ([`provider`]: aws-lc-rs, ring, or aws-lc-rs FIPS, which drops ChaCha20 and X25519
+//!   time ([`provider`]: ring, aws-lc-rs, or aws-lc-rs FIPS, which drops ChaCha20 and X25519
 //!   and must report FIPS mode or the configuration is refused).
 //! * ALPN `h2` then `http/1.1` (TR-2, TR-3): HTTP/1.1 is always available.
 //! * The whole chain from the PEM file is served, leaf first (TR-7).

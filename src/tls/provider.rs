@@ -1,7 +1,7 @@
 //! The TLS crypto provider, chosen at build time by one cargo feature (XKS spec §1.1 TR-5).
 //!
-//! * `aws-lc-rs` (default): rustls on AWS-LC.
-//! * `ring`: rustls on ring.
+//! * `ring` (default): rustls on ring.
+//! * `aws-lc-rs`: rustls on AWS-LC.
 //! * `fips`: aws-lc-rs built from AWS-LC's FIPS 140-3 validated module; [`super::load`] refuses
 //!   a configuration for which `ServerConfig::fips()` is false.
 //!
@@ -18,11 +18,12 @@ use rustls::server::ProducesTickets;
 
 #[cfg(all(feature = "ring", feature = "aws-lc-rs"))]
 compile_error!(
-    "features `ring` and `aws-lc-rs`/`fips` select different TLS providers; build one of them \
-     with --no-default-features, e.g. `--no-default-features --features ring`"
+    "features `ring` (the default) and `aws-lc-rs`/`fips` select different TLS providers; \
+     build one of the latter with --no-default-features, e.g. `--no-default-features \
+     --features fips`"
 );
 #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
-compile_error!("no TLS crypto provider: enable one of the features `aws-lc-rs`, `ring`, `fips`");
+compile_error!("no TLS crypto provider: enable one of the features `ring`, `aws-lc-rs`, `fips`");
 
 #[cfg(feature = "aws-lc-rs")]
 use rustls::crypto::aws_lc_rs as imp;
