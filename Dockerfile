@@ -24,6 +24,16 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+# Cargo features of the binary: empty for the default TLS provider (ring). FIPS crypto
+# (README "Building with FIPS crypto"), whose module builds with Debian's cmake and Go:
+#   docker build --build-arg CARGO_FEATURES="--no-default-features --features fips" -t xks-proxy:fips .
+ARG CARGO_FEATURES=""
+# hadolint ignore=DL3008
+RUN case "$CARGO_FEATURES" in \
+        *fips*) apt-get update \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake golang-go \
+            && rm -rf /var/lib/apt/lists/* ;; \
+    esac
 WORKDIR /src
 # Only what the binary is built from (see .dockerignore): changes to docs or deploy files
 # do not invalidate this layer.
@@ -36,9 +46,10 @@ COPY softhsm/kms-local ./softhsm/kms-local
 # The release profile keeps line tables for local backtraces; the image drops them (about
 # 45 MB -> 9 MB) and keeps symbol names, so panics still name their functions.
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
+# $CARGO_FEATURES is unquoted on purpose: a list of arguments.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin xks-proxy \
+    cargo build --release --locked --bin xks-proxy $CARGO_FEATURES \
     && install -D -m 0755 target/release/xks-proxy /out/xks-proxy
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime

@@ -107,6 +107,8 @@ struct AuthorizationLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
+    /// The TLS crypto provider compiled in (`crate::tls::provider::NAME`).
+    tls_provider: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -238,6 +240,7 @@ impl Metrics {
         build
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").into(),
+                tls_provider: crate::tls::provider::NAME,
             })
             .set(1);
         registry.register("build_info", "Build information; always 1", build);

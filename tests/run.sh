@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, docs, unit and integration tests against a real
 # SoftHSM2 token and a real Prometheus server, the AWS SDK suites, and the deployment files'
-# checks. Installs softhsm2, opensc (pkcs11-tool), curl, prometheus and systemd-analyze when
-# they are missing, and the SDKs (pip, npm) into target/.
+# checks, then the API and TLS suites against the `fips` build (aws-lc-rs's
+# FIPS module). Installs softhsm2, opensc (pkcs11-tool), curl, prometheus, systemd-analyze,
+# cmake and Go (the FIPS module's build) when they are missing, and the SDKs (pip, npm) into
+# target/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,6 +14,10 @@ command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v curl >/dev/null || missing+=(curl)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# aws-lc-fips-sys builds AWS-LC's FIPS module with CMake and Go (README "Building with FIPS
+# crypto").
+command -v cmake >/dev/null || missing+=(cmake)
+command -v go >/dev/null || missing+=(golang-go)
 # The SDK suites: a Python venv (ensurepip) and npm.
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(npm)
@@ -52,4 +58,16 @@ else
 fi
 if [ -x deploy/check.sh ]; then
     ./deploy/check.sh
+fi
+# The `fips` build (aws-lc-rs; the default above is ring, src/tls/provider.rs): the TLS unit
+# tests (which check `ServerConfig::fips()`), the API conformance and TLS front suites, with
+# warnings as errors. Its own target dir keeps the main build's artefacts (README "Building
+# with FIPS crypto"). No clippy here: `cargo clippy` built the FIPS module (minutes of C) a
+# second time, and the fips-only lines are few.
+fips=(-p xks-proxy --locked --no-default-features --features fips)
+export CARGO_TARGET_DIR=$target/fips RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run "${fips[@]}" --no-fail-fast --lib --test api --test tls_front
+else
+    cargo test "${fips[@]}" --no-fail-fast --lib --test api --test tls_front
 fi

@@ -35,6 +35,11 @@ pub(super) fn run(config: &Path) -> Result<(), String> {
         Transport::Tls(tls) => {
             let material = crate::tls::load(tls, Some(Arc::clone(&metrics)))
                 .map_err(|e| format!("server.tls: {e}"))?;
+            tracing::info!(
+                provider = crate::tls::provider::NAME,
+                fips = material.config.fips(),
+                "TLS crypto provider"
+            );
             metrics.set_tls_not_after(Some(material.leaf_not_after));
             Some(TlsHandle::new(material.config).with_metrics(Arc::clone(&metrics)))
         }

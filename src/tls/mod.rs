@@ -1,8 +1,10 @@
 //! TLS front end: the rustls `ServerConfig` the listener uses (XKS spec §1.1 TR-1…9, §1.2
 //! MT-1…8; checklist §7 items 22, 23, 33).
 //!
-//! * TLS 1.2 and 1.3 only (TR-4), with exactly the spec's four suites (TR-5, [`CIPHER_SUITES`]);
-//!   with ring, the key exchange groups are X25519, P-256 and P-384 (all ECDHE).
+//! * TLS 1.2 and 1.3 only (TR-4), with exactly the spec's four suites (TR-5, [`CIPHER_SUITES`])
+//!   and the ECDHE groups X25519, P-256 and P-384, from the crypto provider chosen at build
+//!   time ([`provider`]: ring, aws-lc-rs, or aws-lc-rs FIPS, which drops ChaCha20 and X25519
+//!   and must report FIPS mode or the configuration is refused).
 //! * ALPN `h2` then `http/1.1` (TR-2, TR-3): HTTP/1.1 is always available.
 //! * The whole chain from the PEM file is served, leaf first (TR-7).
 //! * Session resumption is on (TR-9): stateless tickets (TLS 1.2 and 1.3, keys rotated every
@@ -13,31 +15,24 @@
 
 mod client_auth;
 mod pem;
+pub mod provider;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::ring::cipher_suite;
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
-use rustls::{ServerConfig, SupportedCipherSuite};
 
 pub use client_auth::{NamePinnedClientVerifier, certificate_subject};
+pub use provider::CIPHER_SUITES;
 
 use crate::config::{ClientAuth, ClientSubjectName, TlsSettings};
 use crate::metrics::Metrics;
-
-/// The cipher suites we enable: exactly the four the spec lists (TR-5), TLS 1.3 first.
-pub const CIPHER_SUITES: [SupportedCipherSuite; 4] = [
-    cipher_suite::TLS13_AES_256_GCM_SHA384,
-    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-];
 
 /// ALPN protocols offered, in server preference order (TR-3).
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -85,7 +80,7 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
     },
-    /// The private key is of a type or curve rustls/ring cannot sign with.
+    /// The private key is of a type or curve rustls cannot sign with (the build's provider).
     #[error("{}: unsupported private key: {source}", path.display())]
     UnsupportedPrivateKey {
         /// The file.
@@ -134,6 +129,14 @@ pub enum TlsError {
     /// rustls refused the protocol settings or the session ticketer (not file-related).
     #[error("TLS configuration rejected by rustls: {0}")]
     Rustls(#[source] rustls::Error),
+    /// A `fips` build whose configuration rustls does not report as FIPS (`ServerConfig::fips()`
+    /// false: the AWS-LC module is not in FIPS mode, or a non-approved algorithm slipped in).
+    #[error(
+        "this build requires FIPS mode, but the TLS configuration (provider {}) is not FIPS \
+         compliant; refusing to serve",
+        provider::NAME
+    )]
+    NotFips,
 }
 
 /// A built TLS configuration plus facts about it that metrics need.
@@ -155,7 +158,7 @@ pub fn load(
     settings: &TlsSettings,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<TlsMaterial, TlsError> {
-    let provider = Arc::new(provider());
+    let provider = Arc::new(provider::provider());
     let chain_path = &settings.certificate_chain;
     let certified = pem::certified_key(chain_path, &settings.private_key, &provider)?;
     let leaf_not_after = leaf_expiry(chain_path, &certified.cert)?;
@@ -177,7 +180,10 @@ pub fn load(
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rustls)?;
+    config.ticketer = provider::ticketer().map_err(TlsError::Rustls)?;
+    if provider::FIPS_REQUIRED && !config.fips() {
+        return Err(TlsError::NotFips);
+    }
     Ok(TlsMaterial {
         config: Arc::new(config),
         leaf_not_after,
@@ -234,15 +240,6 @@ fn client_verifier(
         Some(metrics) => verifier.with_metrics(metrics),
         None => verifier,
     }))
-}
-
-/// ring with only [`CIPHER_SUITES`]; everything else (groups, signature algorithms, key
-/// loading, RNG) is ring's default.
-fn provider() -> CryptoProvider {
-    CryptoProvider {
-        cipher_suites: CIPHER_SUITES.to_vec(),
-        ..rustls::crypto::ring::default_provider()
-    }
 }
 
 #[cfg(test)]

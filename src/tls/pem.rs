@@ -50,7 +50,7 @@ pub(super) fn certified_key(
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         // Like `CertifiedKey::from_der`: a key type that cannot report its public key is not
-        // a mismatch (ring's keys all can).
+        // a mismatch (ring's and aws-lc-rs's keys all can).
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
             Ok(certified)
         }

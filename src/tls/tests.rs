@@ -72,6 +72,28 @@ fn tr_3_tr_5_tr_9_valid_material_builds_the_spec_config() {
         .collect();
     let expected: Vec<_> = CIPHER_SUITES.iter().map(|s| s.suite()).collect();
     assert_eq!(suites, expected);
+    // The spec's four (TR-5) by name, whatever the provider; FIPS drops ChaCha20-Poly1305.
+    use rustls::{CipherSuite as S, NamedGroup as G};
+    let mut spec = vec![
+        S::TLS13_AES_256_GCM_SHA384,
+        S::TLS13_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    let mut groups = vec![G::X25519, G::secp256r1, G::secp384r1];
+    if cfg!(feature = "fips") {
+        spec.remove(1);
+        groups.remove(0);
+    }
+    assert_eq!(suites, spec);
+    let offered: Vec<_> = config
+        .crypto_provider()
+        .kx_groups
+        .iter()
+        .map(|g| g.name())
+        .collect();
+    assert_eq!(offered, groups);
+    assert_eq!(config.fips(), cfg!(feature = "fips"));
     assert!(config.ticketer.enabled());
     assert_eq!(config.max_early_data_size, 0);
 

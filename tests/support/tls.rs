@@ -30,7 +30,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// The TLS side of a client: protocol versions, cipher suites and ALPN offered.
 pub struct TlsClient {
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
-    /// `None`: all of ring's suites.
+    /// `None`: all of ring's suites (the test client is ring whatever the proxy's provider).
     pub suites: Option<Vec<SupportedCipherSuite>>,
     pub alpn: Vec<&'static [u8]>,
 }
@@ -65,6 +65,13 @@ impl TlsClient {
     /// optional client certificate.
     pub fn config(&self, trust: &impl AsRef<Ca>, cert: Option<&Leaf>) -> Arc<ClientConfig> {
         let mut provider = rustls::crypto::ring::default_provider();
+        // A `fips` proxy has no X25519: offer P-256 first, as a FIPS client (KMS) does,
+        // so that handshakes stay free of a HelloRetryRequest (`HandshakeKind::Full`).
+        #[cfg(feature = "fips")]
+        {
+            use rustls::crypto::ring::kx_group;
+            provider.kx_groups = vec![kx_group::SECP256R1, kx_group::SECP384R1];
+        }
         if let Some(suites) = &self.suites {
             provider.cipher_suites = suites.clone();
         }
