@@ -62,20 +62,15 @@ impl<T> JobQueue<T> {
     /// The oldest job, waiting for one as long as it takes; `Closed` once the queue is
     /// closed and drained.
     pub(super) fn recv(&self) -> Result<T, RecvError> {
-        let mut state = self.state.lock();
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                return Ok(job);
-            }
-            if state.closed {
-                return Err(RecvError::Closed);
-            }
-            self.ready.wait(&mut state);
-        }
+        self.recv_until(None)
     }
 
     /// [`JobQueue::recv`], giving up at `deadline`.
     pub(super) fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvError> {
+        self.recv_until(Some(deadline))
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvError> {
         let mut state = self.state.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {
@@ -84,8 +79,13 @@ impl<T> JobQueue<T> {
             if state.closed {
                 return Err(RecvError::Closed);
             }
-            if self.ready.wait_until(&mut state, deadline).timed_out() {
-                return state.jobs.pop_front().ok_or(RecvError::Timeout);
+            match deadline {
+                None => self.ready.wait(&mut state),
+                Some(deadline) => {
+                    if self.ready.wait_until(&mut state, deadline).timed_out() {
+                        return state.jobs.pop_front().ok_or(RecvError::Timeout);
+                    }
+                }
             }
         }
     }
