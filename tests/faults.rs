@@ -503,3 +503,26 @@ async fn hsm_calls_one_single_part_call_per_encrypt_and_decrypt() {
         .assert_ok();
     assert_eq!(unb64(&plain["plaintext"]), b"fault test");
 }
+
+/// A module that answers `CKR_BUFFER_TOO_SMALL` to the single-part call keeps the operation
+/// active (PKCS#11 §5.2), so the session cannot start another: the proxy replaces the session
+/// and retries, and the client never sees it.
+#[tokio::test]
+async fn hsm_calls_buffer_too_small_replaces_the_session_invisibly() {
+    softhsm::isolate!();
+    let hsm = Faulty::start(1, 16);
+    let sealed = hsm.encrypt().await.assert_ok();
+    let dec = bodies::decrypt_from(&sealed, None).to_string();
+    hsm.set("fail C_Encrypt CKR_BUFFER_TOO_SMALL once\n");
+    hsm.encrypt().await.assert_ok();
+    hsm.encrypt().await.assert_ok();
+    hsm.set("fail C_Decrypt CKR_BUFFER_TOO_SMALL once\n");
+    for _ in 0..2 {
+        let plain = hsm
+            .client()
+            .post(&hsm.path("decrypt"), dec.as_bytes())
+            .await
+            .assert_ok();
+        assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+    }
+}

@@ -189,7 +189,11 @@ fn verdict(rv: RvError) -> Verdict {
         | R::ObjectHandleInvalid
         | R::KeyHandleInvalid
         | R::OperationActive
-        | R::OperationNotInitialized => Failure(Tier::Session),
+        | R::OperationNotInitialized
+        // The single-part calls size their buffers in advance; a module that still says
+        // "too small" leaves the operation active (PKCS#11 §5.2), so the session cannot start
+        // another until it is replaced.
+        | R::BufferTooSmall => Failure(Tier::Session),
 
         R::UserNotLoggedIn
         | R::UserPinNotInitialized
@@ -268,7 +272,6 @@ fn verdict(rv: RvError) -> Verdict {
         | R::RandomSeedNotSupported
         | R::RandomNoRng
         | R::DomainParamsInvalid
-        | R::BufferTooSmall
         | R::SavedStateInvalid
         | R::InformationSensitive
         | R::StateUnsaveable

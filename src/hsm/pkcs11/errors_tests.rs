@@ -115,6 +115,7 @@ fn tiers_drive_recovery() {
         (RvError::ObjectHandleInvalid, Tier::Session),
         (RvError::KeyHandleInvalid, Tier::Session),
         (RvError::OperationActive, Tier::Session),
+        (RvError::BufferTooSmall, Tier::Session),
         (RvError::UserNotLoggedIn, Tier::Login),
         (RvError::PinIncorrect, Tier::Login),
         (RvError::DeviceError, Tier::Device),
