@@ -1,5 +1,5 @@
 //! The signature of an ordinary request, computed directly (Appendix A Tasks 1–3), with the
-//! derived signing key cached per credential, date and region.
+//! derived signing keys cached per date and region.
 //!
 //! `aws-sigv4`'s `sign` rebuilds the request as an `http::Request`, sorts and normalises its
 //! headers, derives the signing key with four HMACs and formats signing instructions on every
@@ -15,55 +15,79 @@
 //! already in canonical order. The tests check the two paths agree.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use aws_credential_types::Credentials;
 use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::CredentialStore;
 use super::header::AuthorizationHeader;
 
-/// The most signing keys kept per credential store: a handful of (credential, date, region)
-/// triples are live at a time; an attacker cycling regions only restarts the cache.
-const MAX_CACHED_KEYS: usize = 64;
+/// The most (date, region) pairs kept per credential store: a handful are live at a time; an
+/// attacker cycling regions only restarts the cache.
+const MAX_CACHED_SCOPES: usize = 64;
 
-/// Derived SigV4 signing keys of one credential store, by (credential, date, region).
+/// Derived SigV4 signing keys of one credential store, by (date, region): for each such scope
+/// the keys of every credential and of the decoy, derived together. So a request with an
+/// unknown access key id hits or misses the cache exactly when a known one would, and the
+/// time a request takes does not tell whether its access key id exists (AU-12).
 #[derive(Default)]
 pub(super) struct SigningKeys {
-    keys: RwLock<HashMap<CacheKey, Zeroizing<Vec<u8>>>>,
+    scopes: RwLock<HashMap<(String, String), ScopeKeys>>,
 }
 
-/// Which credential (its index; the decoy is `usize::MAX`), the scope date and region.
-type CacheKey = (usize, String, String);
+/// The signing keys of one (date, region) scope, indexed like the store's credentials, the
+/// decoy's last.
+type ScopeKeys = Arc<[Zeroizing<Vec<u8>>]>;
 
 impl SigningKeys {
-    /// The signing key for `credential`'s `secret` on `date` (the scope's `YYYYMMDD`,
-    /// matching `time`) in `region`.
+    /// The signing keys of every credential of `store` (in order, the decoy's last) for
+    /// `date` (the scope's `YYYYMMDD`, matching `time`) and `region`.
     fn get(
         &self,
-        credential: usize,
-        secret: &str,
+        store: &CredentialStore,
         time: SystemTime,
         date: &str,
         region: &str,
-        service: &str,
-    ) -> Zeroizing<Vec<u8>> {
-        let key = (credential, date.to_owned(), region.to_owned());
-        if let Some(found) = self.keys.read().get(&key) {
-            return found.clone();
+    ) -> ScopeKeys {
+        let scope = (date.to_owned(), region.to_owned());
+        if let Some(found) = self.scopes.read().get(&scope) {
+            return Arc::clone(found);
         }
-        let derived = Zeroizing::new(
-            v4::generate_signing_key(secret, time, region, service)
-                .as_ref()
-                .to_vec(),
-        );
-        let mut keys = self.keys.write();
-        if keys.len() >= MAX_CACHED_KEYS {
-            keys.clear();
+        let derive = |identity: &Identity| {
+            let secret = identity
+                .data::<Credentials>()
+                .map_or("", Credentials::secret_access_key);
+            Zeroizing::new(
+                v4::generate_signing_key(secret, time, region, store.service)
+                    .as_ref()
+                    .to_vec(),
+            )
+        };
+        let derived: ScopeKeys = store
+            .credentials
+            .iter()
+            .map(|c| &c.identity)
+            .chain(std::iter::once(&store.decoy))
+            .map(derive)
+            .collect();
+        let mut scopes = self.scopes.write();
+        if scopes.len() >= MAX_CACHED_SCOPES {
+            scopes.clear();
         }
-        keys.insert(key, derived.clone());
+        scopes.insert(scope, Arc::clone(&derived));
         derived
+    }
+
+    /// How many (date, region) scopes are cached.
+    #[cfg(test)]
+    pub(super) fn scopes(&self) -> usize {
+        self.scopes.read().len()
     }
 }
 
@@ -79,11 +103,11 @@ pub(super) struct Signable<'a> {
     pub(super) time: SystemTime,
 }
 
-/// The credential that signs: its index in the store and its secret.
+/// The credential that signs: its store and its index there (`store.credentials.len()`
+/// for the decoy).
 pub(super) struct Signer<'a> {
-    pub(super) keys: &'a SigningKeys,
+    pub(super) store: &'a CredentialStore,
     pub(super) credential: usize,
-    pub(super) secret: &'a str,
 }
 
 /// The hex signature of an ordinary request, or `None` when it needs `aws-sigv4`'s
@@ -104,15 +128,12 @@ pub(super) fn signature(
     }
     string_to_sign.push_str("aws4_request\n");
     string_to_sign.push_str(&hex(&Sha256::digest(canonical.as_bytes())));
-    let key = signer.keys.get(
-        signer.credential,
-        signer.secret,
-        request.time,
-        scope.date,
-        scope.region,
-        scope.service,
-    );
-    Some(v4::calculate_signature(&*key, string_to_sign.as_bytes()))
+    let store = signer.store;
+    let keys = store
+        .signing_keys
+        .get(store, request.time, scope.date, scope.region);
+    let key = keys.get(signer.credential)?;
+    Some(v4::calculate_signature(&**key, string_to_sign.as_bytes()))
 }
 
 /// Task 1's canonical request, or `None` if the request is not ordinary (module docs).

@@ -21,7 +21,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::PayloadChecksumKind;
 use aws_sigv4::http_request::{
     PercentEncodingMode, SessionTokenMode, SignableBody, SignableRequest, SignatureLocation,
@@ -46,8 +45,6 @@ const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Headers that must always be signed (AU-16).
 const REQUIRED_SIGNED: [&str; 2] = ["host", "x-amz-date"];
 const X_AMZ_DATE: &str = "x-amz-date";
-/// The decoy's place in the signing-key cache (no credential has this index).
-const DECOY: usize = usize::MAX;
 
 /// Verifies a request's SigV4 signature against one key store's credentials.
 ///
@@ -120,7 +117,7 @@ fn verify_parsed(
     let headers = signed_header_values(parts, &auth.signed_headers)?;
 
     let known = store.lookup(auth.access_key_id);
-    let (credential, identity) = known.unwrap_or((DECOY, &store.decoy));
+    let (credential, identity) = known.unwrap_or((store.credentials.len(), &store.decoy));
     let request = Signable {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -129,18 +126,8 @@ fn verify_parsed(
         amz_date,
         time: signing_time,
     };
-    let secret = identity
-        .data::<Credentials>()
-        .map(Credentials::secret_access_key);
-    let fast = secret.and_then(|secret| {
-        let signer = Signer {
-            keys: &store.signing_keys,
-            credential,
-            secret,
-        };
-        canonical::signature(&request, auth, &signer)
-    });
-    let computed = match fast {
+    let signer = Signer { store, credential };
+    let computed = match canonical::signature(&request, auth, &signer) {
         Some(signature) => Ok(signature),
         None => compute_signature(parts, &headers, body, identity, auth, signing_time),
     };

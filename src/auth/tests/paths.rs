@@ -5,12 +5,14 @@
 use http::request::Parts;
 
 use super::*;
-use crate::auth::canonical::{self, Signable, Signer, SigningKeys};
+use crate::auth::CredentialStore;
+use crate::auth::canonical::{self, Signable, Signer};
 use crate::auth::header::{parse_amz_date, parse_authorization};
 use crate::auth::sigv4::signed_header_values;
 
-/// What the direct path computes for `parts` (signed with [`SECRET_1`]), `None` if it declines.
-fn direct(parts: &Parts, body: &[u8], keys: &SigningKeys) -> Option<String> {
+/// What the direct path computes for `parts` with `store`'s first credential, `None` if it
+/// declines.
+fn direct(parts: &Parts, body: &[u8], store: &CredentialStore) -> Option<String> {
     let auth_value = parts.headers["authorization"].to_str().unwrap();
     let auth = parse_authorization(auth_value).unwrap();
     let amz_date = parts.headers["x-amz-date"].to_str().unwrap();
@@ -24,9 +26,8 @@ fn direct(parts: &Parts, body: &[u8], keys: &SigningKeys) -> Option<String> {
         time: parse_amz_date(amz_date).unwrap(),
     };
     let signer = Signer {
-        keys,
+        store,
         credential: 0,
-        secret: SECRET_1,
     };
     canonical::signature(&request, &auth, &signer)
 }
@@ -39,7 +40,7 @@ fn sent(parts: &Parts) -> String {
 
 #[test]
 fn ordinary_requests_are_signed_directly_with_the_clients_result() {
-    let keys = SigningKeys::default();
+    let keys = store_1();
     let cases: Vec<(Parts, Vec<u8>)> = vec![
         curl_encrypt(),
         boto_h2(),
@@ -78,18 +79,59 @@ fn ordinary_requests_are_signed_directly_with_the_clients_result() {
             "case {n}"
         );
     }
-    // A wrong secret gives another signature, cached or not.
+    // A client with another secret gets another signature, from a cold cache and a warm one.
     let (parts, body) = ClientRequest {
         secret: SECRET_2,
         ..ClientRequest::new()
     }
     .sign();
-    assert_ne!(direct(&parts, &body, &keys), Some(sent(&parts)));
+    let fresh = store_1();
+    for _ in 0..2 {
+        assert_ne!(direct(&parts, &body, &fresh), Some(sent(&parts)));
+    }
+}
+
+/// AU-12: the cache is keyed by date and region only, with every credential's key and the
+/// decoy's derived together, so an unknown access key id warms or finds the same entry as a
+/// known one: the time a request takes does not tell whether its access key id exists.
+#[test]
+fn known_and_unknown_access_key_ids_share_the_cache_entry() {
+    let store = store_1();
+    let unknown = ClientRequest {
+        akid: "AKIAUNKNOWNUNKNOWN00",
+        region: "eu-central-2",
+        ..ClientRequest::new()
+    }
+    .sign();
+    let date = unknown.0.headers["x-amz-date"].to_str().unwrap().to_owned();
+    assert_eq!(
+        verify(&store, &unknown.0, &unknown.1, at(&date)),
+        Err(AuthError::UnknownAccessKeyId)
+    );
+    assert_eq!(store.signing_keys.scopes(), 1);
+    let known = ClientRequest {
+        region: "eu-central-2",
+        ..ClientRequest::new()
+    }
+    .sign();
+    assert!(verify(&store, &known.0, &known.1, at(&date)).is_ok());
+    assert_eq!(
+        store.signing_keys.scopes(),
+        1,
+        "the known id used the same entry"
+    );
+    let elsewhere = ClientRequest {
+        region: "ap-south-2",
+        ..ClientRequest::new()
+    }
+    .sign();
+    assert!(verify(&store, &elsewhere.0, &elsewhere.1, at(&date)).is_ok());
+    assert_eq!(store.signing_keys.scopes(), 2);
 }
 
 #[test]
 fn requests_that_need_normalising_go_to_the_full_signer_and_verify() {
-    let keys = SigningKeys::default();
+    let keys = store_1();
     let doubled_spaces = ClientRequest {
         headers: &[
             ("host", "xks.example.com"),

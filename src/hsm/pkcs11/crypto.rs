@@ -158,11 +158,15 @@ fn gcm_encrypt(
             GcmParams::new(&mut iv, aad, Ulong::from(TAG_BITS)).map_err(|e| fail(&e, op))?;
         let mechanism = Mechanism::AesGcm(params);
         call(&*shared.observer, "C_Encrypt", op, || {
-            session.encrypt_init(&mechanism, key)?;
-            shared
-                .module
-                .single_part()
-                .encrypt(session, plaintext, &mut output)
+            match shared.module.single_part() {
+                Some(single_part) => {
+                    session.encrypt_init(&mechanism, key)?;
+                    single_part.encrypt(session, plaintext, &mut output)
+                }
+                None => session
+                    .encrypt(&mechanism, key, plaintext)
+                    .map(|sealed| output = sealed),
+            }
         })?;
     }
     if output.len() != plaintext.len() + GCM_TAG_LEN {
@@ -194,11 +198,15 @@ fn gcm_decrypt(
     let mechanism = Mechanism::AesGcm(params);
     let mut plaintext = Zeroizing::new(vec![0; input.len()]);
     call(&*shared.observer, "C_Decrypt", op, || {
-        session.decrypt_init(&mechanism, key)?;
-        shared
-            .module
-            .single_part()
-            .decrypt(session, input, &mut plaintext)
+        match shared.module.single_part() {
+            Some(single_part) => {
+                session.decrypt_init(&mechanism, key)?;
+                single_part.decrypt(session, input, &mut plaintext)
+            }
+            None => session
+                .decrypt(&mechanism, key, input)
+                .map(|opened| *plaintext = opened),
+        }
     })?;
     if plaintext.len() + GCM_TAG_LEN != input.len() {
         return Err(unexpected_length(Function::Decrypt));

@@ -28,8 +28,9 @@ use crate::hsm::HsmError;
 /// A loaded and initialised PKCS#11 library.
 pub struct ModuleContext {
     pkcs11: Pkcs11,
-    /// The library's own `C_Encrypt`/`C_Decrypt`, for calls into exactly sized buffers.
-    single_part: SinglePart,
+    /// The library's own `C_Encrypt`/`C_Decrypt`, for calls into exactly sized buffers;
+    /// `None` if the module does not allow reaching them (cryptoki's calls are used then).
+    single_part: Option<SinglePart>,
     path: PathBuf,
     /// Bumped by every `C_Finalize` + `C_Initialize`.
     generation: AtomicU64,
@@ -56,15 +57,18 @@ impl ModuleContext {
                 path.display()
             ))
         })?;
-        let single_part = SinglePart::load(path).map_err(|e| {
-            HsmError::Unavailable(format!(
-                "cannot read C_Encrypt/C_Decrypt of the PKCS#11 module {}: {e}",
-                path.display()
-            ))
-        })?;
         pkcs11
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(|e| fail(&e, Operation::Session))?;
+        let single_part = SinglePart::load(path)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    module = %path.display(), reason = %e,
+                    "single-part C_Encrypt/C_Decrypt unavailable; each Encrypt and Decrypt \
+                     makes one more PKCS#11 call (a length query)"
+                );
+            })
+            .ok();
         Ok(Arc::new(Self {
             pkcs11,
             single_part,
@@ -85,9 +89,9 @@ impl ModuleContext {
         &self.pkcs11
     }
 
-    /// Single-part encryption and decryption into caller-sized buffers.
-    pub(super) fn single_part(&self) -> &SinglePart {
-        &self.single_part
+    /// Single-part encryption and decryption into caller-sized buffers, if the module allows.
+    pub(super) fn single_part(&self) -> Option<&SinglePart> {
+        self.single_part.as_ref()
     }
 
     /// Permission to make PKCS#11 calls until the guard is dropped; `None` if a rebuild holds

@@ -20,9 +20,12 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error, Rv};
 use cryptoki::session::Session;
 use cryptoki_sys::{
-    CK_BYTE, CK_C_GetFunctionList, CK_FUNCTION_LIST, CK_RV, CK_SESSION_HANDLE, CK_ULONG,
+    CK_BYTE, CK_C_GetFunctionList, CK_FUNCTION_LIST, CK_INFO, CK_RV, CK_SESSION_HANDLE, CK_ULONG,
     CKR_BUFFER_TOO_SMALL, CKR_OK,
 };
+
+/// How much longer than its input an output may be: a GCM tag, with room to spare.
+const MAX_GROWTH: usize = 64;
 
 /// `C_Encrypt` or `C_Decrypt`: the same signature.
 type SinglePartFn = unsafe extern "C" fn(
@@ -45,7 +48,12 @@ pub(super) struct SinglePart {
 
 impl SinglePart {
     /// Reads `C_Encrypt` and `C_Decrypt` from the library at `path`, which
-    /// [`cryptoki::context::Pkcs11::new`] has already loaded.
+    /// [`cryptoki::context::Pkcs11::new`] has already loaded and initialised.
+    ///
+    /// Most modules return one static function list, so this reaches the instance cryptoki
+    /// initialised. Some (p11-kit's proxy) make a new, uninitialised instance on every
+    /// `C_GetFunctionList`; `C_GetInfo` through the list read here must therefore succeed, or
+    /// the caller falls back to cryptoki's own calls.
     pub(super) fn load(path: &Path) -> Result<Self, String> {
         // SAFETY: the library is already loaded by cryptoki (this only adds a reference), so
         // no initialisation routine runs; loading a PKCS#11 module is what cryptoki does too.
@@ -64,6 +72,16 @@ impl SinglePart {
         // long as the library stays loaded (we hold it); the v2.40 layout is a prefix of
         // every later one.
         let list = unsafe { &*list };
+        let get_info = list.C_GetInfo.ok_or("the module has no C_GetInfo")?;
+        let mut info = CK_INFO::default();
+        // SAFETY: `info` is a valid out-pointer to a `CK_INFO`, which the call fills in.
+        let rv = unsafe { get_info(&mut info) };
+        if rv != CKR_OK {
+            return Err(format!(
+                "C_GetInfo through a second function list returned {rv:#x} (the module hands \
+                 out separate instances)"
+            ));
+        }
         let encrypt = list.C_Encrypt.ok_or("the module has no C_Encrypt")?;
         let decrypt = list.C_Decrypt.ok_or("the module has no C_Decrypt")?;
         Ok(Self {
@@ -99,7 +117,8 @@ impl SinglePart {
 
 /// One single-part call into `output` (its length is the buffer offered; it is truncated to
 /// what the module wrote), retried once with a larger buffer on `CKR_BUFFER_TOO_SMALL`, which
-/// leaves the operation active (PKCS#11 §5.2, "buffer handling").
+/// leaves the operation active (PKCS#11 §5.2, "buffer handling"). The larger buffer is at most
+/// [`MAX_GROWTH`] bytes more than the input: AES-GCM never needs more.
 fn call(
     function_ptr: SinglePartFn,
     function: Function,
@@ -124,7 +143,8 @@ fn call(
             )
         };
         let written = usize::try_from(written)?;
-        if rv == CKR_BUFFER_TOO_SMALL && written > output.len() {
+        let plausible = written <= input.len().saturating_add(MAX_GROWTH);
+        if rv == CKR_BUFFER_TOO_SMALL && written > output.len() && plausible {
             output.resize(written, 0);
             continue;
         }
