@@ -11,6 +11,9 @@ use clap::{Parser, ValueEnum};
 pub(crate) enum Operation {
     Encrypt,
     Decrypt,
+    /// GetKeyMetadata on the key: SigV4, JSON and the audit line, and for a key whose
+    /// attributes cannot change, no PKCS#11 call (the proxy answers from its key cache).
+    Metadata,
     Health,
     /// Unsigned `GET /ping` on the same host (the floor: TLS, HTTP and routing only). The
     /// proxy does not count `/ping` as activity and closes a connection that carries nothing
@@ -25,6 +28,7 @@ impl Operation {
         match self {
             Self::Encrypt => "encrypt",
             Self::Decrypt => "decrypt",
+            Self::Metadata => "metadata",
             Self::Health => "health",
             Self::Ping => "ping",
         }
@@ -36,7 +40,7 @@ impl Operation {
 #[derive(Parser)]
 #[command(
     name = "xks_load",
-    about = "SigV4 load generator for a loopback xks-proxy (encrypt, decrypt, health or ping; \
+    about = "SigV4 load generator for a loopback xks-proxy (encrypt, decrypt, metadata, health or ping; \
              closed loop, open loop with --rate, or --compare-ping)"
 )]
 pub(crate) struct Args {

@@ -60,6 +60,14 @@ impl BodyTemplate {
         })
     }
 
+    /// A GetKeyMetadata body.
+    pub(crate) fn metadata() -> Self {
+        Self {
+            prefix: metadata_prefix("DescribeKey"),
+            suffix: "}}".into(),
+        }
+    }
+
     /// A health-check body.
     pub(crate) fn health() -> Self {
         Self {

@@ -73,6 +73,18 @@ pub(crate) async fn exchange(
     path: &str,
     body: String,
 ) -> Result<(u16, Bytes), String> {
+    let request = signed_post(conn, target, signer, path, body)?;
+    send(conn, request).await
+}
+
+/// The SigV4-signed POST of `body` to `path`, shaped for `conn`'s HTTP version.
+pub(crate) fn signed_post(
+    conn: &Connection,
+    target: &Target,
+    signer: &Signer,
+    path: &str,
+    body: String,
+) -> Result<Request<Full<Bytes>>, String> {
     let signed = signer.sign(
         "POST",
         path,
@@ -84,30 +96,37 @@ pub(crate) async fn exchange(
         Connection::H1(_) => Request::post(path).header("host", &target.authority),
         Connection::H2(_) => Request::post(format!("https://{}{path}", target.authority)),
     };
-    let request = builder
+    builder
         .header("content-type", "application/json")
         .header("x-amz-date", signed.amz_date)
         .header("authorization", signed.authorization)
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("building the request: {e}"))?;
-    send(conn, request).await
+        .map_err(|e| format!("building the request: {e}"))
 }
 
 /// Sends one unsigned `GET` of `target.ping_path`, returning the status and the body.
 pub(crate) async fn ping(conn: &mut Connection, target: &Target) -> Result<(u16, Bytes), String> {
+    let request = ping_request(conn, target)?;
+    send(conn, request).await
+}
+
+/// The unsigned `GET` of `target.ping_path`, shaped for `conn`'s HTTP version.
+pub(crate) fn ping_request(
+    conn: &Connection,
+    target: &Target,
+) -> Result<Request<Full<Bytes>>, String> {
     let path = &target.ping_path;
     let builder = match conn {
         Connection::H1(_) => Request::get(path.as_str()).header("host", &target.authority),
         Connection::H2(_) => Request::get(format!("https://{}{path}", target.authority)),
     };
-    let request = builder
+    builder
         .body(Full::new(Bytes::new()))
-        .map_err(|e| format!("building the request: {e}"))?;
-    send(conn, request).await
+        .map_err(|e| format!("building the request: {e}"))
 }
 
 /// Sends `request` and reads the whole response, bounded by [`REQUEST_TIMEOUT`].
-async fn send(
+pub(crate) async fn send(
     conn: &mut Connection,
     request: Request<Full<Bytes>>,
 ) -> Result<(u16, Bytes), String> {

@@ -103,8 +103,7 @@ async fn run_pairs(shared: &Shared, conn: Connection) -> Pair {
             };
             seq += 1;
             let body = shared.body.render(&format!("{}-cmp-{seq}", shared.run_id));
-            let sent = Instant::now();
-            let result = send_one(shared, &mut c, operation, body).await;
+            let (result, sent) = send_one(shared, &mut c, operation, body).await;
             let latency = sent.elapsed();
             if result.is_ok() {
                 conn = Some(c);

@@ -9,7 +9,9 @@
 //! `--warmup` seconds (default 1) are not counted; then the tool measures for `--duration`
 //! seconds (or until `--requests` requests were sent) and prints one summary: requests, errors
 //! by status, duration, requests/s and exact p50/p90/p99/p99.9/max latency (µs resolution) of
-//! the successful (HTTP 200) requests.
+//! the successful (HTTP 200) requests. In the closed loop and `--compare-ping`, a request's
+//! latency counts from when it was signed and ready to send: the tool's own SigV4 is not the
+//! proxy's latency.
 //!
 //! * Closed loop (default): `--concurrency` workers, one connection each, send back to back.
 //! * Open loop (`--rate R`): request `i` is due at `t0 + i/R`; latency counts from that
@@ -23,14 +25,15 @@
 //! cargo run --release --example xks_load -- \
 //!     --url https://localhost:8443/demo/kms/xks/v1/keys/demo-key-1/encrypt \
 //!     --cacert .demo/tls/ca.pem --console-json .demo/kms-console.json \
-//!     --concurrency 32 --duration 10 [--http2] [--operation encrypt|decrypt|health|ping] \
+//!     --concurrency 32 --duration 10 [--http2] [--operation encrypt|decrypt|metadata|health|ping] \
 //!     [--rate 1800 | --compare-ping] [--cert client.pem --key client-key.pem]
 //! ```
 //!
 //! `--url` is always the key's `.../keys/{keyId}/encrypt` URL. `--operation decrypt` first
 //! encrypts once (and checks one decrypt round trip) and then decrypts that ciphertext
-//! repeatedly on `.../keys/{keyId}/decrypt`; `--operation health` calls `.../kms/xks/v1/health`
-//! (the part of the path before `/keys/`, plus `/health`); `--operation ping` calls `/ping`.
+//! repeatedly on `.../keys/{keyId}/decrypt`; `--operation metadata` calls
+//! `.../keys/{keyId}/metadata`; `--operation health` calls `.../kms/xks/v1/health` (the part of
+//! the path before `/keys/`, plus `/health`); `--operation ping` calls `/ping`.
 //!
 //! The credential comes from `--console-json` (the file the proxy's `credentials new --output
 //! console-json` writes) or from `--access-key-id` plus `--secret` / `XKS_LOAD_SECRET` (a

@@ -168,8 +168,7 @@ async fn run_connection(
         };
         let id = format!("{}-{worker}-{}", shared.run_id, job.index);
         let body = shared.body.render(&id);
-        let sent = Instant::now();
-        let result = send_one(&shared, &mut c, shared.operation, body).await;
+        let (result, sent) = send_one(&shared, &mut c, shared.operation, body).await;
         let latency = Instant::now().saturating_duration_since(job.intended);
         if result.is_ok() {
             conn = Some(c);

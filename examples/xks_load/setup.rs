@@ -31,6 +31,7 @@ pub(crate) async fn prepare(
 ) -> Result<Plan, String> {
     let (path, body) = match operation {
         Operation::Encrypt => (&target.encrypt_path, BodyTemplate::encrypt(plaintext, aad)),
+        Operation::Metadata => (&target.metadata_path, BodyTemplate::metadata()),
         Operation::Health => (&target.health_path, BodyTemplate::health()),
         Operation::Ping => {
             check_ping(conn, target).await?;

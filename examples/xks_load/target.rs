@@ -24,6 +24,7 @@ pub(crate) struct Target {
     pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) encrypt_path: String,
     pub(crate) decrypt_path: String,
+    pub(crate) metadata_path: String,
     pub(crate) health_path: String,
     /// `/ping` (unsigned `GET`, outside the key store's prefix).
     pub(crate) ping_path: String,
@@ -95,6 +96,7 @@ pub(crate) async fn parse_target(url: &str) -> Result<Target, String> {
         addrs,
         encrypt_path: path.to_owned(),
         decrypt_path: format!("{key_base}/decrypt"),
+        metadata_path: format!("{key_base}/metadata"),
         health_path: format!("{api_base}/health"),
         ping_path: "/ping".to_owned(),
     })

@@ -11,7 +11,7 @@ use rustls::ClientConfig;
 
 use crate::args::Operation;
 use crate::bodies::BodyTemplate;
-use crate::client::{Connection, connect, exchange, ping};
+use crate::client::{Connection, connect, ping_request, send, signed_post};
 use crate::signer::Signer;
 use crate::stats::WorkerStats;
 use crate::target::Target;
@@ -47,18 +47,26 @@ impl Shared {
     }
 }
 
-/// Sends one request of `operation` on `conn`: an unsigned `GET /ping`, or the signed POST of
-/// `body` (which `ping` ignores) to the run's path.
+/// Signs (unless `ping`) and sends one request of `operation` on `conn`: an unsigned
+/// `GET /ping`, or the signed POST of `body` (which `ping` ignores) to the run's path. Also
+/// returns when the request was ready to go, after the client's own signing: closed-loop
+/// latency counts from there, so it is the proxy's round trip and not the load tool's SigV4.
 pub(crate) async fn send_one(
     shared: &Shared,
     conn: &mut Connection,
     operation: Operation,
     body: String,
-) -> Result<(u16, Bytes), String> {
-    match operation {
-        Operation::Ping => ping(conn, &shared.target).await,
-        _ => exchange(conn, &shared.target, &shared.signer, &shared.path, body).await,
-    }
+) -> (Result<(u16, Bytes), String>, Instant) {
+    let request = match operation {
+        Operation::Ping => ping_request(conn, &shared.target),
+        _ => signed_post(conn, &shared.target, &shared.signer, &shared.path, body),
+    };
+    let ready = Instant::now();
+    let result = match request {
+        Ok(request) => send(conn, request).await,
+        Err(e) => Err(e),
+    };
+    (result, ready)
 }
 
 /// Records the outcome of one measured request that took `latency`.
@@ -108,8 +116,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats 
         let body = shared
             .body
             .render(&format!("{}-{worker}-{seq}", shared.run_id));
-        let sent = Instant::now();
-        let result = send_one(&shared, &mut c, shared.operation, body).await;
+        let (result, sent) = send_one(&shared, &mut c, shared.operation, body).await;
         let latency = sent.elapsed();
         // Keep the connection after a response; after a transport error drop it, so the next
         // iteration reconnects.
