@@ -1,22 +1,25 @@
 //! Process logging: `tracing` with a JSON (default) or text formatter on stdout, and a filter
 //! that can be replaced at runtime (configuration reload).
 //!
-//! Lines reach stdout through a bounded, non-blocking writer (`tracing-appender`): a request
-//! thread only queues its audit line, and a dedicated thread writes. If stdout stops keeping up
+//! Lines reach stdout through a bounded, non-blocking writer ([`sink`]): a request thread only
+//! queues its audit line, and a dedicated thread writes. If stdout stops keeping up
 //! (a stalled journald, a full container log pipe), requests still complete: lines beyond
 //! [`BUFFERED_LINES`] are dropped, counted in `xks_log_lines_dropped_total` and reported on
 //! stderr once per [`LOSS_REPORT_INTERVAL`]. Never silently.
 
+mod json;
+mod sink;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use crate::config::{LogFormat, LoggingSettings};
+use sink::{LineSink, SinkGuard};
 
 /// Changes the log filter of the running process.
 #[derive(Clone)]
@@ -48,41 +51,27 @@ pub const BUFFERED_LINES: usize = 16_384;
 /// How often dropped lines are reported on stderr (when there are new ones).
 pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The writer's count of dropped lines, once logging is installed.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
-
-/// Most bytes of log lines the writer thread gathers into one write to stdout.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// The installed sink, for its count of dropped lines.
+static SINK: OnceLock<LineSink> = OnceLock::new();
 
 /// Log lines dropped so far because stdout did not keep up.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |counter| {
-        u64::try_from(counter.dropped_lines()).unwrap_or(u64::MAX)
-    })
+    SINK.get().map_or(0, LineSink::dropped_lines)
 }
 
 /// Keeps the log writer running; dropping it flushes what is queued (at process exit).
 pub struct LogGuard {
-    _writer: WorkerGuard,
+    _writer: SinkGuard,
 }
 
 /// Installs the global subscriber; fails if one is installed already. Keep the [`LogGuard`]
 /// until the process exits, so queued lines are written.
 pub fn init(settings: &LoggingSettings) -> Result<(LogLevelHandle, LogGuard), String> {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("xks-proxy-log")
-        // Batches the lines queued since the last write into one `write(2)`: the writer thread
-        // flushes whenever its queue is empty, so a line waits no longer than before, but under
-        // load one system call carries many lines (std's stdout alone writes line by line).
-        .finish(std::io::BufWriter::with_capacity(
-            WRITE_BATCH_BYTES,
-            std::io::stdout(),
-        ));
-    let counter = writer.error_counter();
-    if DROPPED.set(counter.clone()).is_ok() {
-        report_losses(counter);
+    // A batch is whole lines, so stdout's line buffering passes it on in one `write(2)`.
+    let (writer, guard) = LineSink::start(std::io::stdout(), BUFFERED_LINES, "xks-proxy-log")
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+    if SINK.set(writer.clone()).is_ok() {
+        report_losses(writer.clone());
     }
     let filter = EnvFilter::try_new(&settings.level).map_err(|e| format!("logging.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
@@ -96,6 +85,7 @@ pub fn init(settings: &LoggingSettings) -> Result<(LogLevelHandle, LogGuard), St
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
+                    .event_format(json::JsonLines::new())
                     .with_writer(writer),
             )
             .try_init(),
@@ -107,14 +97,14 @@ pub fn init(settings: &LoggingSettings) -> Result<(LogLevelHandle, LogGuard), St
 
 /// Reports new losses on stderr every [`LOSS_REPORT_INTERVAL`]: stdout is the thing not keeping
 /// up, so the report goes elsewhere (and to the metric).
-fn report_losses(counter: ErrorCounter) {
+fn report_losses(sink: LineSink) {
     let spawned = std::thread::Builder::new()
         .name("xks-proxy-log-loss".into())
         .spawn(move || {
             let mut reported = 0;
             loop {
                 std::thread::sleep(LOSS_REPORT_INTERVAL);
-                let dropped = counter.dropped_lines();
+                let dropped = sink.dropped_lines();
                 if dropped > reported {
                     eprintln!(
                         "xks-proxy: {} log line(s) dropped in the last {}s ({dropped} in all): \
