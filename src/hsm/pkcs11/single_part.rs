@@ -17,11 +17,11 @@
 use std::path::Path;
 
 use cryptoki::context::Function;
-use cryptoki::error::{Error, Rv};
+use cryptoki::error::Rv;
 use cryptoki::session::Session;
 use cryptoki_sys::{
     CK_BYTE, CK_C_GetFunctionList, CK_FUNCTION_LIST, CK_INFO, CK_RV, CK_SESSION_HANDLE, CK_ULONG,
-    CKR_BUFFER_TOO_SMALL, CKR_OK,
+    CKR_BUFFER_TOO_SMALL, CKR_DEVICE_ERROR, CKR_OK,
 };
 
 /// How much longer than its input an output may be: a GCM tag, with room to spare.
@@ -100,7 +100,13 @@ impl SinglePart {
         input: &[u8],
         output: &mut Vec<u8>,
     ) -> cryptoki::error::Result<()> {
-        call(self.encrypt, Function::Encrypt, session, input, output)
+        call(
+            self.encrypt,
+            Function::Encrypt,
+            session.handle(),
+            input,
+            output,
+        )
     }
 
     /// `C_Decrypt` of `input` after a successful `C_DecryptInit` on `session`, as
@@ -111,7 +117,13 @@ impl SinglePart {
         input: &[u8],
         output: &mut Vec<u8>,
     ) -> cryptoki::error::Result<()> {
-        call(self.decrypt, Function::Decrypt, session, input, output)
+        call(
+            self.decrypt,
+            Function::Decrypt,
+            session.handle(),
+            input,
+            output,
+        )
     }
 }
 
@@ -119,10 +131,15 @@ impl SinglePart {
 /// what the module wrote), retried once with a larger buffer on `CKR_BUFFER_TOO_SMALL`, which
 /// leaves the operation active (PKCS#11 §5.2, "buffer handling"). The larger buffer is at most
 /// [`MAX_GROWTH`] bytes more than the input: AES-GCM never needs more.
+///
+/// A module that answers `CKR_OK` but claims to have written more than the buffer held has
+/// either written past it or lies about the length: nothing it returns can be trusted. That
+/// is reported as `CKR_DEVICE_ERROR`, so the pool treats the module as failed and rebuilds
+/// its context, and the request fails rather than return bytes of unknown origin.
 fn call(
     function_ptr: SinglePartFn,
     function: Function,
-    session: &Session,
+    session: CK_SESSION_HANDLE,
     input: &[u8],
     output: &mut Vec<u8>,
 ) -> cryptoki::error::Result<()> {
@@ -135,7 +152,7 @@ fn call(
         // this thread owns (cryptoki's `Session` is not `Sync`).
         let rv = unsafe {
             function_ptr(
-                session.handle(),
+                session,
                 input.as_ptr().cast_mut(),
                 input_len,
                 output.as_mut_ptr(),
@@ -150,10 +167,96 @@ fn call(
         }
         Rv::from(rv).into_result(function)?;
         if written > output.len() {
-            return Err(Error::InvalidValue);
+            tracing::error!(
+                function = %function,
+                offered = output.len(),
+                claimed = written,
+                "the PKCS#11 module reported success with more output than the buffer held"
+            );
+            return Rv::from(CKR_DEVICE_ERROR).into_result(function);
         }
         output.truncate(written);
         return Ok(());
     }
     Rv::from(CKR_BUFFER_TOO_SMALL).into_result(function)
+}
+
+#[cfg(test)]
+mod tests {
+    use cryptoki::error::{Error, RvError};
+
+    use super::*;
+
+    /// Writes `0xAB` over the offered buffer and reports `*claim` bytes; `CKR_OK` when the
+    /// claim fits the buffer, else the `rv` below.
+    macro_rules! fake {
+        ($name:ident, rv_when_short = $short:expr, claim = $claim:expr) => {
+            unsafe extern "C" fn $name(
+                _session: CK_SESSION_HANDLE,
+                _input: *mut CK_BYTE,
+                input_len: CK_ULONG,
+                output: *mut CK_BYTE,
+                output_len: *mut CK_ULONG,
+            ) -> CK_RV {
+                // SAFETY: `call` passes a valid out-pointer and a buffer of that length.
+                unsafe {
+                    let offered = *output_len;
+                    let claim: CK_ULONG = $claim(input_len);
+                    std::ptr::write_bytes(output, 0xAB, usize::try_from(offered).unwrap());
+                    *output_len = claim;
+                    if claim <= offered { CKR_OK } else { $short }
+                }
+            }
+        };
+    }
+
+    // Honest: the GCM output of `input_len` bytes is `input_len + 16`.
+    fake!(
+        honest,
+        rv_when_short = CKR_BUFFER_TOO_SMALL,
+        claim = |n| n + 16
+    );
+    // Says OK but claims 100 bytes past any buffer it was given.
+    fake!(overrun, rv_when_short = CKR_OK, claim = |n| n + 100);
+    // Asks for an absurd buffer.
+    fake!(
+        greedy,
+        rv_when_short = CKR_BUFFER_TOO_SMALL,
+        claim = |_| 1 << 30
+    );
+
+    fn rv_of(result: cryptoki::error::Result<()>) -> RvError {
+        match result {
+            Err(Error::Pkcs11(rv, Function::Encrypt)) => rv,
+            other => panic!("expected a C_Encrypt failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_exact_buffer_takes_one_call() {
+        let mut output = vec![0; 48];
+        call(honest, Function::Encrypt, 1, &[0; 32], &mut output).unwrap();
+        assert_eq!(output, vec![0xAB; 48]);
+    }
+
+    #[test]
+    fn a_short_buffer_is_grown_to_what_the_module_asks_for() {
+        let mut output = vec![0; 8];
+        call(honest, Function::Encrypt, 1, &[0; 32], &mut output).unwrap();
+        assert_eq!(output.len(), 48);
+    }
+
+    #[test]
+    fn an_implausible_size_request_is_not_followed() {
+        let mut output = vec![0; 48];
+        let result = call(greedy, Function::Encrypt, 1, &[0; 32], &mut output);
+        assert_eq!(rv_of(result), RvError::BufferTooSmall);
+    }
+
+    #[test]
+    fn success_with_more_output_than_the_buffer_is_a_device_error() {
+        let mut output = vec![0; 48];
+        let result = call(overrun, Function::Encrypt, 1, &[0; 32], &mut output);
+        assert_eq!(rv_of(result), RvError::DeviceError);
+    }
 }
