@@ -61,7 +61,7 @@ struct AuthFailureLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FunctionLabel {
-    function: String,
+    function: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -117,6 +117,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The `hsm_sessions` gauge of `state` (a handle sharing the family's value).
+fn session_gauge(family: &Family<SessionStateLabel, Gauge>, state: &str) -> Gauge {
+    family
+        .get_or_create(&SessionStateLabel {
+            state: state.into(),
+        })
+        .clone()
+}
+
 /// All metrics of the process.
 pub struct Metrics {
     registry: Registry,
@@ -126,6 +135,10 @@ pub struct Metrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
     hsm_call_duration: HistogramFamily<FunctionLabel>,
     hsm_sessions: Family<SessionStateLabel, Gauge>,
+    /// `hsm_sessions{state="in_use"}` and `{state="idle"}`, looked up once: every PKCS#11 job
+    /// moves a session between them twice.
+    sessions_in_use: Gauge,
+    sessions_idle: Gauge,
     hsm_health: Family<MemberLabel, Gauge>,
     credentials: Family<KeyStoreLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -251,6 +264,8 @@ impl Metrics {
             in_flight,
             auth_failures,
             hsm_call_duration,
+            sessions_in_use: session_gauge(&hsm_sessions, "in_use"),
+            sessions_idle: session_gauge(&hsm_sessions, "idle"),
             hsm_sessions,
             hsm_health,
             credentials,
@@ -318,37 +333,32 @@ impl Metrics {
     }
 
     /// Observes the duration of one PKCS#11 call.
-    pub fn hsm_call(&self, function: &str, elapsed: Duration) {
+    pub fn hsm_call(&self, function: &'static str, elapsed: Duration) {
         self.hsm_call_duration
-            .get_or_create(&FunctionLabel {
-                function: function.into(),
-            })
+            .get_or_create(&FunctionLabel { function })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Moves one worker session between `idle` and `in_use`.
     pub fn hsm_session_busy(&self, busy: bool) {
         let delta = if busy { 1 } else { -1 };
-        self.hsm_sessions
-            .get_or_create(&SessionStateLabel {
-                state: "in_use".into(),
-            })
-            .inc_by(delta);
-        self.hsm_sessions
-            .get_or_create(&SessionStateLabel {
-                state: "idle".into(),
-            })
-            .dec_by(delta);
+        self.sessions_in_use.inc_by(delta);
+        self.sessions_idle.dec_by(delta);
     }
 
     /// Adds `delta` (negative to remove) to the worker sessions in a state (`in_use` or
     /// `idle`): a session opened, lost or closed outside the idle ↔ in-use cycle.
     pub fn add_hsm_sessions(&self, state: &str, delta: i64) {
-        self.hsm_sessions
-            .get_or_create(&SessionStateLabel {
-                state: state.into(),
-            })
-            .inc_by(delta);
+        match state {
+            "in_use" => self.sessions_in_use.inc_by(delta),
+            "idle" => self.sessions_idle.inc_by(delta),
+            other => self
+                .hsm_sessions
+                .get_or_create(&SessionStateLabel {
+                    state: other.into(),
+                })
+                .inc_by(delta),
+        };
     }
 
     /// Records a member's health: 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE.
@@ -528,7 +538,7 @@ impl Drop for InFlight {
 
 /// The HSM layer reports into the process's metrics through its one seam.
 impl crate::hsm::HsmObserver for Metrics {
-    fn hsm_call(&self, function: &str, elapsed: Duration) {
+    fn hsm_call(&self, function: &'static str, elapsed: Duration) {
         Self::hsm_call(self, function, elapsed);
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// are called on the PKCS#11 worker threads around every call.
 pub trait HsmObserver: Send + Sync + 'static {
     /// A PKCS#11 function (`C_Encrypt`, …) returned after `elapsed`.
-    fn hsm_call(&self, function: &str, elapsed: Duration);
+    fn hsm_call(&self, function: &'static str, elapsed: Duration);
 
     /// `delta` sessions entered (or, negative, left) `state` (`idle` or `in_use`).
     fn add_hsm_sessions(&self, state: &str, delta: i64);
@@ -22,7 +22,7 @@ pub trait HsmObserver: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl HsmObserver for NoObserver {
-    fn hsm_call(&self, _: &str, _: Duration) {}
+    fn hsm_call(&self, _: &'static str, _: Duration) {}
     fn add_hsm_sessions(&self, _: &str, _: i64) {}
     fn hsm_session_busy(&self, _: bool) {}
 }
