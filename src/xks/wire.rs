@@ -1,18 +1,22 @@
 //! Request and response bodies of the four XKS APIs (spec §"GetKeyMetadata", "Encrypt",
 //! "Decrypt", "GetHealthStatus"; checklist G-1…9).
 //!
-//! Requests are read field by field from a JSON object rather than with derived serde
-//! structs, so that every problem gets its own `ValidationException` message without echoing
-//! input (ERR-2), unknown fields are ignored (G-5), an explicit `null` counts as absent (G-8),
-//! and `kmsOperation`/`kmsRequestId` are never validated beyond their type (G-3, G-4).
+//! Requests are read field by field: the body is split into the raw JSON text of the fields
+//! the XKS APIs define (no tree of `Value`s is built, and unknown fields are skipped, G-5), and
+//! each field is then checked on its own, so that every problem gets its own
+//! `ValidationException` message without echoing input (ERR-2). An explicit `null` counts as
+//! absent (G-8), a field given twice is refused (which of two values counts would otherwise
+//! be up to the reader), and `kmsOperation`/`kmsRequestId` are never validated beyond their
+//! type (G-3, G-4).
 //! Structs holding plaintext have hand-written `Debug` impls that redact it (LOG-2).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::XksError;
@@ -128,7 +132,7 @@ impl fmt::Debug for DecryptRequest {
 impl KeyMetadataRequest {
     /// Parses a GetKeyMetadata body.
     pub fn parse(body: &[u8]) -> Result<Self, XksError> {
-        let root = object(body)?;
+        let root = Root::parse(body)?;
         Ok(Self {
             metadata: request_metadata(&root, Required::KeyMetadata)?,
         })
@@ -138,7 +142,7 @@ impl KeyMetadataRequest {
 impl HealthRequest {
     /// Parses a GetHealthStatus body; `{}` and `{"requestMetadata":{}}` are invalid (H-18).
     pub fn parse(body: &[u8]) -> Result<Self, XksError> {
-        let root = object(body)?;
+        let root = Root::parse(body)?;
         Ok(Self {
             metadata: request_metadata(&root, Required::Health)?,
         })
@@ -148,12 +152,20 @@ impl HealthRequest {
 impl EncryptRequest {
     /// Parses an Encrypt body.
     pub fn parse(body: &[u8]) -> Result<Self, XksError> {
-        let root = object(body)?;
+        let root = Root::parse(body)?;
         let metadata = request_metadata(&root, Required::Crypto)?;
         expect_algorithm(&root)?;
-        let plaintext = Zeroizing::new(required_b64(&root, "plaintext")?);
-        let aad = optional_b64(&root, "additionalAuthenticatedData")?.unwrap_or_default();
-        let want_cdiv = match optional_str(&root, "ciphertextDataIntegrityValueAlgorithm")? {
+        let plaintext = Zeroizing::new(required_b64(root.plaintext, "plaintext")?);
+        let aad = optional_b64(
+            root.additional_authenticated_data,
+            "additionalAuthenticatedData",
+        )?
+        .unwrap_or_default();
+        let cdiv = optional_str(
+            root.ciphertext_data_integrity_value_algorithm,
+            "ciphertextDataIntegrityValueAlgorithm",
+        )?;
+        let want_cdiv = match cdiv.as_deref() {
             None => false,
             Some(SHA_256) => true,
             Some(_) => {
@@ -174,18 +186,22 @@ impl EncryptRequest {
 impl DecryptRequest {
     /// Parses a Decrypt body.
     pub fn parse(body: &[u8]) -> Result<Self, XksError> {
-        let root = object(body)?;
+        let root = Root::parse(body)?;
         let metadata = request_metadata(&root, Required::Crypto)?;
         expect_algorithm(&root)?;
-        let aad = optional_b64(&root, "additionalAuthenticatedData")?;
+        let aad = optional_b64(
+            root.additional_authenticated_data,
+            "additionalAuthenticatedData",
+        )?;
         Ok(Self {
             metadata,
-            ciphertext: required_b64(&root, "ciphertext")?,
-            ciphertext_metadata: optional_b64(&root, "ciphertextMetadata")?.unwrap_or_default(),
+            ciphertext: required_b64(root.ciphertext, "ciphertext")?,
+            ciphertext_metadata: optional_b64(root.ciphertext_metadata, "ciphertextMetadata")?
+                .unwrap_or_default(),
             aad_present: aad.is_some(),
             aad: aad.unwrap_or_default(),
-            iv: required_b64(&root, "initializationVector")?,
-            tag: required_b64(&root, "authenticationTag")?,
+            iv: required_b64(root.initialization_vector, "initializationVector")?,
+            tag: required_b64(root.authentication_tag, "authenticationTag")?,
         })
     }
 }
@@ -266,90 +282,163 @@ pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
-fn object(body: &[u8]) -> Result<Map<String, Value>, XksError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(XksError::validation(
-            "the request body must be a JSON object",
-        )),
-        Err(_) => Err(XksError::validation("the request body is not valid JSON")),
+/// The raw JSON text of each top-level field an XKS request may carry (absent or `null`:
+/// `None`); every other field is skipped without being built.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Root<'a> {
+    #[serde(borrow)]
+    request_metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    encryption_algorithm: Option<&'a RawValue>,
+    #[serde(borrow)]
+    plaintext: Option<&'a RawValue>,
+    #[serde(borrow)]
+    additional_authenticated_data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ciphertext_data_integrity_value_algorithm: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ciphertext: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ciphertext_metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    initialization_vector: Option<&'a RawValue>,
+    #[serde(borrow)]
+    authentication_tag: Option<&'a RawValue>,
+}
+
+/// The raw JSON text of each `requestMetadata` field.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataFields<'a> {
+    #[serde(borrow)]
+    kms_request_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kms_operation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    aws_principal_arn: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kms_key_arn: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kms_via_service: Option<&'a RawValue>,
+    #[serde(borrow)]
+    aws_source_vpc: Option<&'a RawValue>,
+    #[serde(borrow)]
+    aws_source_vpce: Option<&'a RawValue>,
+}
+
+impl<'a> Root<'a> {
+    fn parse(body: &'a [u8]) -> Result<Self, XksError> {
+        // A derived struct would also accept a JSON array, field by position: only an object
+        // may reach it.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => XksError::validation("the request body must be a JSON object"),
+                    Err(_) => XksError::validation("the request body is not valid JSON"),
+                },
+            );
+        }
+        serde_json::from_slice(body).map_err(|e| fields_error(&e, "the request body"))
     }
 }
 
-fn request_metadata(
-    root: &Map<String, Value>,
-    required: Required,
-) -> Result<RequestMetadata, XksError> {
-    let meta = match root.get("requestMetadata") {
-        Some(Value::Object(m)) => m,
-        None | Some(Value::Null) => {
-            return Err(XksError::validation("requestMetadata is required"));
-        }
-        Some(_) => {
-            return Err(XksError::validation(
-                "requestMetadata must be a JSON object",
-            ));
-        }
+/// The error for an object whose fields could not be split out: not JSON, or a field twice.
+fn fields_error(err: &serde_json::Error, what: &str) -> XksError {
+    // serde's own message names the field, which is ours, never the input.
+    if err.is_data() && err.to_string().starts_with("duplicate field") {
+        XksError::validation(format!("{what} gives a field more than once"))
+    } else {
+        XksError::validation(format!("{what} is not valid JSON"))
+    }
+}
+
+fn request_metadata(root: &Root<'_>, required: Required) -> Result<RequestMetadata, XksError> {
+    let Some(raw) = root.request_metadata else {
+        return Err(XksError::validation("requestMetadata is required"));
     };
-    let field = |name: &'static str, needed: bool| -> Result<Option<String>, XksError> {
-        match meta.get(name) {
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            None | Some(Value::Null) if needed => Err(XksError::validation(format!(
-                "requestMetadata.{name} is required"
-            ))),
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => Err(XksError::validation(format!(
+    if !raw.get().starts_with('{') {
+        return Err(XksError::validation(
+            "requestMetadata must be a JSON object",
+        ));
+    }
+    let meta: MetadataFields<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| fields_error(&e, "requestMetadata"))?;
+    let field = |raw: Option<&RawValue>,
+                 name: &'static str,
+                 needed: bool|
+     -> Result<Option<String>, XksError> {
+        let value = raw.map(|raw| match as_str(raw) {
+            Some(s) => Ok(s.into_owned()),
+            None => Err(XksError::validation(format!(
                 "requestMetadata.{name} must be a string"
             ))),
+        });
+        match value.transpose()? {
+            None if needed => Err(XksError::validation(format!(
+                "requestMetadata.{name} is required"
+            ))),
+            value => Ok(value),
         }
     };
     let needs_principal = required != Required::Health;
     let needs_key_arn = required == Required::Crypto;
     Ok(RequestMetadata {
-        kms_request_id: field("kmsRequestId", true)?.unwrap_or_default(),
-        kms_operation: field("kmsOperation", true)?.unwrap_or_default(),
-        aws_principal_arn: field("awsPrincipalArn", needs_principal)?,
-        kms_key_arn: field("kmsKeyArn", needs_key_arn)?,
-        kms_via_service: field("kmsViaService", false)?,
-        aws_source_vpc: field("awsSourceVpc", false)?,
-        aws_source_vpce: field("awsSourceVpce", false)?,
+        kms_request_id: field(meta.kms_request_id, "kmsRequestId", true)?.unwrap_or_default(),
+        kms_operation: field(meta.kms_operation, "kmsOperation", true)?.unwrap_or_default(),
+        aws_principal_arn: field(meta.aws_principal_arn, "awsPrincipalArn", needs_principal)?,
+        kms_key_arn: field(meta.kms_key_arn, "kmsKeyArn", needs_key_arn)?,
+        kms_via_service: field(meta.kms_via_service, "kmsViaService", false)?,
+        aws_source_vpc: field(meta.aws_source_vpc, "awsSourceVpc", false)?,
+        aws_source_vpce: field(meta.aws_source_vpce, "awsSourceVpce", false)?,
     })
 }
 
-fn optional_str<'a>(
-    root: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<&'a str>, XksError> {
-    match root.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(XksError::validation(format!("{name} must be a string"))),
+/// The string `raw` holds (borrowed unless it has escapes), or `None` if it is not a string.
+fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    // The text is a valid JSON string already: only escapes need the owned form.
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
     }
 }
 
-fn expect_algorithm(root: &Map<String, Value>) -> Result<(), XksError> {
-    match optional_str(root, "encryptionAlgorithm")? {
+fn optional_str<'a>(
+    raw: Option<&'a RawValue>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, XksError> {
+    raw.map(|raw| {
+        as_str(raw).ok_or_else(|| XksError::validation(format!("{name} must be a string")))
+    })
+    .transpose()
+}
+
+fn expect_algorithm(root: &Root<'_>) -> Result<(), XksError> {
+    match optional_str(root.encryption_algorithm, "encryptionAlgorithm")?.as_deref() {
         Some(AES_GCM) => Ok(()),
         Some(_) => Err(XksError::validation("encryptionAlgorithm must be AES_GCM")),
         None => Err(XksError::validation("encryptionAlgorithm is required")),
     }
 }
 
-fn optional_b64(
-    root: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<Vec<u8>>, XksError> {
-    optional_str(root, name)?
+fn optional_b64(raw: Option<&RawValue>, name: &'static str) -> Result<Option<Vec<u8>>, XksError> {
+    optional_str(raw, name)?
         .map(|s| {
             STANDARD
-                .decode(s)
+                .decode(s.as_bytes())
                 .map_err(|_| XksError::validation(format!("{name} is not valid standard Base64")))
         })
         .transpose()
 }
 
-fn required_b64(root: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, XksError> {
-    optional_b64(root, name)?.ok_or_else(|| XksError::validation(format!("{name} is required")))
+fn required_b64(raw: Option<&RawValue>, name: &'static str) -> Result<Vec<u8>, XksError> {
+    optional_b64(raw, name)?.ok_or_else(|| XksError::validation(format!("{name} is required")))
 }
 
 #[cfg(test)]

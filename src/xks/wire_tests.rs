@@ -164,3 +164,76 @@ fn log_2_debug_output_never_contains_plaintext() {
     };
     assert!(!format!("{resp:?}").contains("U0VD"));
 }
+
+#[test]
+fn g_8_explicit_nulls_count_as_absent() {
+    let msg = validation_message(HealthRequest::parse(br#"{"requestMetadata":null}"#));
+    assert_eq!(msg, "requestMetadata is required");
+    let msg = validation_message(HealthRequest::parse(
+        br#"{"requestMetadata":{"kmsRequestId":null,"kmsOperation":"x"}}"#,
+    ));
+    assert_eq!(msg, "requestMetadata.kmsRequestId is required");
+    let req = EncryptRequest::parse(&encrypt_body(
+        r#""plaintext":"SGk=","encryptionAlgorithm":"AES_GCM","additionalAuthenticatedData":null,"ciphertextDataIntegrityValueAlgorithm":null"#,
+    ))
+    .unwrap();
+    assert!(req.aad.is_empty());
+    assert!(!req.want_cdiv);
+    assert_eq!(req.metadata.aws_source_vpc, None);
+}
+
+#[test]
+fn escaped_strings_are_decoded() {
+    let req = EncryptRequest::parse(
+        br#" {"requestMetadata":{"awsPrincipalArn":"p\"q","kmsKeyArn":"k","kmsOperation":"Enc\u0072ypt","kmsRequestId":"a\\b\nc"},
+            "plaintext":"SGVsbG8\/","encryptionAlgorithm":"AES\u005fGCM"} "#,
+    )
+    .unwrap();
+    assert_eq!(req.metadata.kms_operation, "Encrypt");
+    assert_eq!(req.metadata.kms_request_id, "a\\b\nc");
+    assert_eq!(req.metadata.aws_principal_arn.as_deref(), Some("p\"q"));
+    assert_eq!(&req.plaintext[..], b"Hello?");
+}
+
+#[test]
+fn shapes_other_than_an_object_and_repeated_fields_are_refused() {
+    assert_eq!(
+        validation_message(HealthRequest::parse(b" [1, 2] ")),
+        "the request body must be a JSON object"
+    );
+    assert_eq!(
+        validation_message(HealthRequest::parse(b"\"text\"")),
+        "the request body must be a JSON object"
+    );
+    assert_eq!(
+        validation_message(HealthRequest::parse(b"{\"requestMetadata\":{}")),
+        "the request body is not valid JSON"
+    );
+    assert_eq!(
+        validation_message(HealthRequest::parse(
+            br#"{"requestMetadata":{"kmsRequestId":"r","kmsOperation":"x"},"extra":[1,}"#
+        )),
+        "the request body is not valid JSON"
+    );
+    assert_eq!(
+        validation_message(HealthRequest::parse(br#"{"requestMetadata":["r","x"]}"#)),
+        "requestMetadata must be a JSON object"
+    );
+    let twice =
+        encrypt_body(r#""plaintext":"SGk=","plaintext":"SGk=","encryptionAlgorithm":"AES_GCM""#);
+    assert_eq!(
+        validation_message(EncryptRequest::parse(&twice)),
+        "the request body gives a field more than once"
+    );
+    assert_eq!(
+        validation_message(HealthRequest::parse(
+            br#"{"requestMetadata":{"kmsRequestId":"r","kmsRequestId":"s","kmsOperation":"x"}}"#
+        )),
+        "requestMetadata gives a field more than once"
+    );
+    // Unknown fields may repeat: they are skipped, not read.
+    HealthRequest::parse(
+        br#"{"requestMetadata":{"kmsRequestId":"r","kmsOperation":"x","z":1,"z":2},"y":1,"y":2}"#,
+    )
+    .unwrap();
+}
