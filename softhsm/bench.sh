@@ -22,6 +22,13 @@
 #       Proxy CPU time (utime + stime from /proc) per request, encrypt and decrypt at c=16,
 #       against SoftHSM2's own CPU per operation (cargo bench --bench pkcs11_raw) measured in
 #       the same run; target ratio <= 2.5. XKS_BENCH_BASELINE=BINARY adds an older build.
+#   softhsm/bench.sh instructions [REQUESTS=2000]
+#       User-space instructions per request under valgrind's callgrind (encrypt and decrypt at
+#       c=4, counted after 300 warm-up requests). Unlike CPU time it does not move with the
+#       machine's noise, so it is the figure for a before/after of a small change; it leaves
+#       out the kernel (syscalls, context switches), and valgrind has no SHA extensions, so
+#       SigV4's SHA-256 weighs more than on the CPU. XKS_BENCH_BASELINE=BINARY adds an older
+#       build. Needs valgrind.
 #   softhsm/bench.sh soak [SECONDS=180]
 #       Mixed encrypt/decrypt/health load for SECONDS; prints the proxy's RSS every 10 s and
 #       the error count (expected: 0 errors, flat RSS).
@@ -60,6 +67,8 @@ load_args=(--url "$url" --cacert "$tls/ca.pem" --console-json "$demo/kms-console
     --cert "$tls/bench-client.pem" --key "$tls/bench-client-key.pem")
 export SOFTHSM2_CONF=$demo/softhsm2.conf
 proxy_pid=
+# What the proxy runs under (mode instructions: valgrind).
+proxy_prefix=()
 trap '[ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null; wait 2>/dev/null || true' EXIT
 
 # make_client_cert: the mTLS client certificate KMS would present, signed by the demo CA.
@@ -125,9 +134,10 @@ start_proxy() {
         [ "$tries" = 60 ] && { echo "ports still busy" >&2; exit 1; }
         sleep 1
     done
-    "$bin" serve --config "$demo/bench.toml" >"$demo/bench.log" 2>"$demo/bench.err" &
+    "${proxy_prefix[@]}" "$bin" serve --config "$demo/bench.toml" >"$demo/bench.log" 2>"$demo/bench.err" &
     proxy_pid=$!
-    for _ in $(seq 100); do
+    # Up to 60 s: under valgrind the start takes seconds. A proxy that exits ends the wait.
+    for _ in $(seq 600); do
         curl -sf --cacert "$tls/ca.pem" --cert "$tls/bench-client.pem" \
             --key "$tls/bench-client-key.pem" "https://localhost:$port/ping" >/dev/null 2>&1 && return
         kill -0 "$proxy_pid" 2>/dev/null || break
@@ -377,15 +387,52 @@ mode_soak() {
     stop_proxy
 }
 
+# mode_instructions REQUESTS: instructions per request of $bin (and XKS_BENCH_BASELINE).
+mode_instructions() {
+    local requests=${1:-2000} build op counts ir pid
+    command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }
+    local builds=("$bin")
+    [ -n "${XKS_BENCH_BASELINE:-}" ] && builds=("$XKS_BENCH_BASELINE" "$bin")
+    local main_bin=$bin
+    echo "== user-space instructions per request (callgrind), c=4, after 300 warm-up requests"
+    for build in "${builds[@]}"; do
+        bin=$build
+        for op in encrypt decrypt; do
+            proxy_prefix=(valgrind --tool=callgrind "--callgrind-out-file=$demo/callgrind.%p")
+            start_proxy "$softhsm" 4
+            proxy_prefix=()
+            # Valgrind translates code on first use: the first requests may miss the HSM
+            # deadline (DependencyTimeoutException); warm up until a run goes through.
+            for _ in $(seq 10); do
+                "$load" "${load_args[@]}" --concurrency 4 --duration 600 --warmup 0 --requests 300 \
+                    --operation "$op" >"$demo/bench-ir-warm-$op.txt" 2>&1 && break
+                sleep 1
+            done
+            callgrind_control -z "$proxy_pid" >/dev/null 2>&1
+            run_load "ir-$op" --concurrency 4 --duration 600 --warmup 0 --requests "$requests" --operation "$op"
+            callgrind_control -d "$proxy_pid" >/dev/null 2>&1
+            pid=$proxy_pid
+            counts=$demo/callgrind.$pid.1
+            for _ in $(seq 100); do grep -qE '^(summary|totals):' "$counts" 2>/dev/null && break; sleep 0.1; done
+            stop_proxy >/dev/null
+            ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$counts" 2>/dev/null)
+            [ -n "$ir" ] || { echo "no callgrind counts in $counts" >&2; exit 1; }
+            rm -f "$demo/callgrind.$pid" "$demo/callgrind.$pid".*
+            echo "   $build $op: $((ir / requests)) instructions per request ($requests requests, $(errors "ir-$op") errors)"
+        done
+    done
+    bin=$main_bin
+}
+
 make_client_cert
 case $mode in
-c1 | h2 | openloop | latency | cpu | soak)
+c1 | h2 | openloop | latency | cpu | soak | instructions)
     [ $# -gt 0 ] && shift
     "mode_$mode" "$@"
     ;;
 *)
     echo "usage: $0 c1 [SECONDS] | h2 [SECONDS] [ROUNDS] | openloop [RATE] [SECONDS]" \
-        "| latency [LATENCY] [SECONDS] | cpu [SECONDS] | soak [SECONDS]" >&2
+        "| latency [LATENCY] [SECONDS] | cpu [SECONDS] | soak [SECONDS] | instructions [REQUESTS]" >&2
     exit 2
     ;;
 esac
