@@ -1,8 +1,8 @@
 //! Process logging: `tracing` with a JSON (default) or text formatter on stdout, and a filter
 //! that can be replaced at runtime (configuration reload).
 //!
-//! Lines reach stdout through a bounded, non-blocking writer ([`sink`]): a request thread only
-//! queues its audit line, and a dedicated thread writes. If stdout stops keeping up
+//! Lines reach stdout through a bounded, non-blocking writer (the `sink` module): a request
+//! thread queues its audit line, and a dedicated thread writes. If stdout stops keeping up
 //! (a stalled journald, a full container log pipe), requests still complete: lines beyond
 //! [`BUFFERED_LINES`] are dropped, counted in `xks_log_lines_dropped_total` and reported on
 //! stderr once per [`LOSS_REPORT_INTERVAL`]. Never silently.
