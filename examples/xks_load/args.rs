@@ -40,8 +40,8 @@ impl Operation {
 #[derive(Parser)]
 #[command(
     name = "xks_load",
-    about = "SigV4 load generator for a loopback xks-proxy (encrypt, decrypt, metadata, health or ping; \
-             closed loop, open loop with --rate, or --compare-ping)"
+    about = "SigV4 load generator for a loopback xks-proxy (encrypt, decrypt, metadata, health \
+             or ping; closed loop, open loop with --rate, or --compare-ping)"
 )]
 pub(crate) struct Args {
     /// The key's Encrypt URL, https://HOST:PORT/PREFIX/kms/xks/v1/keys/KEY/encrypt (loopback only).

@@ -68,7 +68,8 @@ pub struct LogGuard {
 /// until the process exits, so queued lines are written.
 pub fn init(settings: &LoggingSettings) -> Result<(LogLevelHandle, LogGuard), String> {
     // A batch is whole lines, so stdout's line buffering passes it on in one `write(2)`.
-    let (writer, guard) = LineSink::start(std::io::stdout(), BUFFERED_LINES, "xks-proxy-log")
+    // Half wait while the writer writes the other half: BUFFERED_LINES in memory at most.
+    let (writer, guard) = LineSink::start(std::io::stdout(), BUFFERED_LINES / 2, "xks-proxy-log")
         .map_err(|e| format!("cannot start the log writer: {e}"))?;
     if SINK.set(writer.clone()).is_ok() {
         report_losses(writer.clone());

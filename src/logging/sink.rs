@@ -41,7 +41,8 @@ struct Shared {
     batch: Mutex<Batch>,
     /// Wakes the idle writer (a line arrived, or closing) and the closer (done).
     signal: Condvar,
-    /// Most lines a batch holds; more are dropped.
+    /// Most lines waiting in `batch`; more are dropped. The writer may hold as many again in
+    /// the batch it is writing.
     max_lines: usize,
     dropped: AtomicU64,
 }
@@ -88,7 +89,8 @@ pub(super) struct LineWriter<'a> {
 }
 
 impl LineSink {
-    /// Starts the writer thread `thread_name`, writing to `out`; at most `max_lines` wait.
+    /// Starts the writer thread `thread_name`, writing to `out`; at most `max_lines` wait
+    /// while the writer writes (at most `max_lines` more).
     pub(super) fn start(
         out: impl Write + Send + 'static,
         max_lines: usize,
@@ -226,6 +228,8 @@ mod tests {
     struct Capture {
         bytes: Arc<Mutex<Vec<u8>>>,
         gate: Arc<(Mutex<bool>, Condvar)>,
+        /// Writes begun (counted before a stuck write waits).
+        started: Arc<AtomicU64>,
         writes: Arc<AtomicU64>,
     }
 
@@ -246,6 +250,7 @@ mod tests {
 
     impl Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.started.fetch_add(1, Ordering::SeqCst);
             let mut stuck = self.gate.0.lock().unwrap();
             while *stuck {
                 stuck = self.gate.1.wait(stuck).unwrap();
@@ -301,13 +306,16 @@ mod tests {
         let (sink, guard) = LineSink::start(capture.clone(), 5, "test-log").unwrap();
         // The writer may take the first line into its (stuck) write; then 5 wait, the rest
         // are dropped. Never does a push wait for the output.
-        let began = Instant::now();
         write_line(&sink, "0\n");
-        std::thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while capture.started.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let began = Instant::now();
         for i in 1..20 {
             write_line(&sink, &format!("{i}\n"));
         }
-        assert!(began.elapsed() < Duration::from_secs(2));
+        assert!(began.elapsed() < Duration::from_secs(1));
         assert_eq!(sink.dropped_lines(), 14);
         capture.release();
         drop(guard);

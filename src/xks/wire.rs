@@ -329,18 +329,19 @@ struct MetadataFields<'a> {
 
 impl<'a> Root<'a> {
     fn parse(body: &'a [u8]) -> Result<Self, XksError> {
+        // The whole body, skipped fields included, must be UTF-8 (RFC 8259 §8.1): fields that
+        // are skipped are not otherwise decoded.
+        let body = std::str::from_utf8(body)
+            .map_err(|_| XksError::validation("the request body is not valid JSON"))?;
         // A derived struct would also accept a JSON array, field by position: only an object
         // may reach it.
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') {
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                    Ok(_) => XksError::validation("the request body must be a JSON object"),
-                    Err(_) => XksError::validation("the request body is not valid JSON"),
-                },
-            );
+        if !body.trim_start().starts_with('{') {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+                Ok(_) => XksError::validation("the request body must be a JSON object"),
+                Err(_) => XksError::validation("the request body is not valid JSON"),
+            });
         }
-        serde_json::from_slice(body).map_err(|e| fields_error(&e, "the request body"))
+        serde_json::from_str(body).map_err(|e| fields_error(&e, "the request body"))
     }
 }
 
@@ -369,7 +370,7 @@ fn request_metadata(root: &Root<'_>, required: Required) -> Result<RequestMetada
                  name: &'static str,
                  needed: bool|
      -> Result<Option<String>, XksError> {
-        let value = raw.map(|raw| match as_str(raw) {
+        let value = raw.map(|raw| match as_str(raw)? {
             Some(s) => Ok(s.into_owned()),
             None => Err(XksError::validation(format!(
                 "requestMetadata.{name} must be a string"
@@ -395,17 +396,18 @@ fn request_metadata(root: &Root<'_>, required: Required) -> Result<RequestMetada
     })
 }
 
-/// The string `raw` holds (borrowed unless it has escapes), or `None` if it is not a string.
-fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// The string `raw` holds (borrowed unless it has escapes); `None` if it is not a string.
+fn as_str(raw: &RawValue) -> Result<Option<Cow<'_, str>>, XksError> {
     if !raw.get().starts_with('"') {
-        return None;
+        return Ok(None);
     }
-    // The text is a valid JSON string already: only escapes need the owned form.
+    // Only escapes need the owned form. A string that does not decode (a lone UTF-16
+    // surrogate escape) is malformed JSON, not a wrong type.
     match serde_json::from_str::<&str>(raw.get()) {
-        Ok(s) => Some(Cow::Borrowed(s)),
+        Ok(s) => Ok(Some(Cow::Borrowed(s))),
         Err(_) => serde_json::from_str::<String>(raw.get())
-            .ok()
-            .map(Cow::Owned),
+            .map(|s| Some(Cow::Owned(s)))
+            .map_err(|_| XksError::validation("the request body is not valid JSON")),
     }
 }
 
@@ -414,7 +416,7 @@ fn optional_str<'a>(
     name: &'static str,
 ) -> Result<Option<Cow<'a, str>>, XksError> {
     raw.map(|raw| {
-        as_str(raw).ok_or_else(|| XksError::validation(format!("{name} must be a string")))
+        as_str(raw)?.ok_or_else(|| XksError::validation(format!("{name} must be a string")))
     })
     .transpose()
 }

@@ -231,6 +231,21 @@ fn shapes_other_than_an_object_and_repeated_fields_are_refused() {
         )),
         "requestMetadata gives a field more than once"
     );
+    // Malformed inside a known string, or anywhere as UTF-8: not valid JSON.
+    assert_eq!(
+        validation_message(EncryptRequest::parse(&encrypt_body(
+            r#""plaintext":"\ud800","encryptionAlgorithm":"AES_GCM""#
+        ))),
+        "the request body is not valid JSON"
+    );
+    let mut bad_utf8 =
+        encrypt_body(r#""plaintext":"SGk=","encryptionAlgorithm":"AES_GCM","x":"?""#);
+    let at = bad_utf8.iter().rposition(|&b| b == b'?').unwrap();
+    bad_utf8[at] = 0xff;
+    assert_eq!(
+        validation_message(EncryptRequest::parse(&bad_utf8)),
+        "the request body is not valid JSON"
+    );
     // Unknown fields may repeat: they are skipped, not read.
     HealthRequest::parse(
         br#"{"requestMetadata":{"kmsRequestId":"r","kmsOperation":"x","z":1,"z":2},"y":1,"y":2}"#,

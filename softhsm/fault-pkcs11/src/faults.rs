@@ -54,16 +54,26 @@ pub(crate) enum Removal {
 /// latency: a 2 ms sleep took about 2.08 ms on a 2-core test machine, 2.02 ms with the slack
 /// at 1 ns. A network HSM's round trip has no such slack, and benchmarks compare against the
 /// delay as written.
+#[cfg(target_os = "linux")]
 fn sleep_precisely(delay: Duration) {
-    // SAFETY: PR_GET_TIMERSLACK takes no pointer and only reads this thread's setting.
-    let slack = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_GET_TIMERSLACK takes no pointer and only reads this thread's setting; the
+    // unused arguments are passed as the `unsigned long` the kernel reads.
+    let slack = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, zero, zero, zero, zero) };
+    let one_ns: libc::c_ulong = 1;
     // SAFETY: PR_SET_TIMERSLACK takes a value, no pointer, and affects only this thread.
-    let set = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+    let set = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, one_ns, zero, zero, zero) };
     std::thread::sleep(delay);
     if let (0, Ok(slack)) = (set, libc::c_ulong::try_from(slack)) {
         // SAFETY: as above; restores the value read before.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0, 0, 0) };
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack, zero, zero, zero) };
     }
+}
+
+/// Elsewhere: a plain sleep.
+#[cfg(not(target_os = "linux"))]
+fn sleep_precisely(delay: Duration) {
+    std::thread::sleep(delay);
 }
 
 /// The outcome of the rules for one call.
