@@ -4,15 +4,12 @@
 //! latencies and the ratio of their p50s (op p50 / ping p50). Warm-up, `--duration` and
 //! `--requests` (here: pairs) work as in the closed loop.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::args::{Args, Operation};
-use crate::client::{Connection, connect};
+use crate::client::Connection;
 use crate::stats::WorkerStats;
-use crate::worker::{Shared, record, send_one};
-
-/// Pause before the next connection attempt after a failed one.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+use crate::worker::{Shared, record, reuse_or_connect, send_one};
 
 /// What a comparison run measured.
 struct Pair {
@@ -85,21 +82,13 @@ async fn run_pairs(shared: &Shared, conn: Connection) -> Pair {
             break;
         }
         for operation in [Operation::Ping, shared.operation] {
-            let mut c = match conn.take() {
-                Some(c) => c,
-                None => match connect(&shared.target, &shared.tls, shared.http2).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let stats = if operation == Operation::Ping {
-                            &mut out.ping
-                        } else {
-                            &mut out.op
-                        };
-                        stats.error("transport".into(), e);
-                        tokio::time::sleep(RECONNECT_BACKOFF).await;
-                        break;
-                    }
-                },
+            let stats = if operation == Operation::Ping {
+                &mut out.ping
+            } else {
+                &mut out.op
+            };
+            let Some(mut c) = reuse_or_connect(shared, &mut conn, stats, true).await else {
+                break;
             };
             seq += 1;
             let body = shared.body.render(&format!("{}-cmp-{seq}", shared.run_id));
@@ -108,11 +97,6 @@ async fn run_pairs(shared: &Shared, conn: Connection) -> Pair {
             if result.is_ok() {
                 conn = Some(c);
             }
-            let stats = if operation == Operation::Ping {
-                &mut out.ping
-            } else {
-                &mut out.op
-            };
             if measured {
                 record(stats, &result, latency);
             } else {

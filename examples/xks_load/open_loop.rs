@@ -24,12 +24,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::client::{Connection, connect};
 use crate::stats::WorkerStats;
 use crate::target::Target;
-use crate::worker::{Shared, record, send_one};
+use crate::worker::{Shared, record, reuse_or_connect, send_one};
 
 /// How long after the measured window queued requests are still sent.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// Pause before the next connection attempt after a failed one.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One scheduled request.
 struct Job {
@@ -153,18 +151,8 @@ async fn run_connection(
             }
             continue;
         }
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match connect(&shared.target, &shared.tls, shared.http2).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if measured {
-                        stats.error("transport".into(), e);
-                    }
-                    tokio::time::sleep(RECONNECT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some(mut c) = reuse_or_connect(&shared, &mut conn, &mut stats, measured).await else {
+            continue;
         };
         let id = format!("{}-{worker}-{}", shared.run_id, job.index);
         let body = shared.body.render(&id);

@@ -17,7 +17,7 @@ use crate::stats::WorkerStats;
 use crate::target::Target;
 
 /// Pause before reconnecting after a failed connection attempt.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Everything the workers share.
 pub(crate) struct Shared {
@@ -69,6 +69,29 @@ pub(crate) async fn send_one(
     (result, ready)
 }
 
+/// `conn`'s connection, or a new one. After a failed connect (recorded in `stats` when
+/// `measured`) it waits [`RECONNECT_BACKOFF`] and returns `None`: the caller moves on.
+pub(crate) async fn reuse_or_connect(
+    shared: &Shared,
+    conn: &mut Option<Connection>,
+    stats: &mut WorkerStats,
+    measured: bool,
+) -> Option<Connection> {
+    if let Some(c) = conn.take() {
+        return Some(c);
+    }
+    match connect(&shared.target, &shared.tls, shared.http2).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if measured {
+                stats.error("transport".into(), e);
+            }
+            tokio::time::sleep(RECONNECT_BACKOFF).await;
+            None
+        }
+    }
+}
+
 /// Records the outcome of one measured request that took `latency`.
 pub(crate) fn record(
     stats: &mut WorkerStats,
@@ -99,18 +122,8 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: u32) -> WorkerStats 
         if measured && !shared.claim() {
             break;
         }
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match connect(&shared.target, &shared.tls, shared.http2).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if measured {
-                        stats.error("transport".into(), e);
-                    }
-                    tokio::time::sleep(RECONNECT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some(mut c) = reuse_or_connect(&shared, &mut conn, &mut stats, measured).await else {
+            continue;
         };
         seq += 1;
         let body = shared
