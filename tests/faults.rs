@@ -66,6 +66,19 @@ impl Faulty {
             .await
     }
 
+    async fn decrypt(&self, body: &str) -> support::Reply {
+        self.client()
+            .post(&self.path("decrypt"), body.as_bytes())
+            .await
+    }
+
+    /// Decrypts `body` (a Decrypt body for an [`Faulty::encrypt`] result): 200 and the
+    /// plaintext back.
+    async fn assert_decrypts(&self, body: &str) {
+        let plain = self.decrypt(body).await.assert_ok();
+        assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+    }
+
     /// Polls encrypt until it succeeds; returns how long that took (at most 15 s).
     async fn time_to_recover(&self) -> Duration {
         let start = Instant::now();
@@ -268,8 +281,7 @@ async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
     // D-12: other HSMs report a tag mismatch as ENCRYPTED_DATA_INVALID or FUNCTION_FAILED.
     for rv in ["CKR_ENCRYPTED_DATA_INVALID", "CKR_FUNCTION_FAILED"] {
         hsm.set(&format!("fail C_Decrypt {rv} once\n"));
-        hsm.client()
-            .post(&hsm.path("decrypt"), dec.as_bytes())
+        hsm.decrypt(&dec)
             .await
             .assert_error(400, "InvalidCiphertextException");
     }
@@ -285,12 +297,7 @@ async fn error_map_hsm_answers_reach_the_client_as_their_xks_errors() {
         .await
         .assert_error(500, "InternalException");
     hsm.set("");
-    let plain = hsm
-        .client()
-        .post(&hsm.path("decrypt"), dec.as_bytes())
-        .await
-        .assert_ok();
-    assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+    hsm.assert_decrypts(&dec).await;
     hsm.client()
         .post(&hsm.path("encrypt"), &cdiv)
         .await
@@ -482,11 +489,7 @@ async fn hsm_calls_one_single_part_call_per_encrypt_and_decrypt() {
         for _ in 0..4 {
             let reply = match send {
                 "encrypt" => hsm.encrypt().await,
-                _ => {
-                    hsm.client()
-                        .post(&hsm.path("decrypt"), dec.as_bytes())
-                        .await
-                }
+                _ => hsm.decrypt(&dec).await,
             };
             statuses.push(reply.status);
         }
@@ -496,12 +499,7 @@ async fn hsm_calls_one_single_part_call_per_encrypt_and_decrypt() {
         assert_ne!(statuses[3], 200, "{function}: {statuses:?}");
         hsm.set("");
     }
-    let plain = hsm
-        .client()
-        .post(&hsm.path("decrypt"), dec.as_bytes())
-        .await
-        .assert_ok();
-    assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+    hsm.assert_decrypts(&dec).await;
 }
 
 /// A module that answers `CKR_BUFFER_TOO_SMALL` to the single-part call keeps the operation
@@ -518,11 +516,6 @@ async fn hsm_calls_buffer_too_small_replaces_the_session_invisibly() {
     hsm.encrypt().await.assert_ok();
     hsm.set("fail C_Decrypt CKR_BUFFER_TOO_SMALL once\n");
     for _ in 0..2 {
-        let plain = hsm
-            .client()
-            .post(&hsm.path("decrypt"), dec.as_bytes())
-            .await
-            .assert_ok();
-        assert_eq!(unb64(&plain["plaintext"]), b"fault test");
+        hsm.assert_decrypts(&dec).await;
     }
 }
